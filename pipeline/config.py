@@ -1,0 +1,155 @@
+"""The one typed configuration of a run, read from ``params.yaml``.
+
+Defaults live here and nowhere else. Presets in ``configs/`` hold only what they
+change; ``medseg configure PRESET`` writes the full ``params.yaml`` that DVC tracks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "msd:Task04_Hippocampus",
+        description="'msd:TaskNN_Name' downloads that Decathlon task; otherwise a local folder in MSD layout.",
+    )
+
+
+class PreprocessConfig(_Section):
+    orientation: str = "RAS"
+    spacing: list[float] | None = Field(None, description="Target voxel size in mm; null keeps each case's own.")
+    normalization: Literal["zscore"] = "zscore"
+
+
+class SplitConfig(_Section):
+    n_folds: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0, description="Which fold is held out for validation.")
+
+
+class AugmentationConfig(_Section):
+    elastic_prob: float = Field(0.2, ge=0, le=1)
+    affine_prob: float = Field(0.3, ge=0, le=1)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    noise_prob: float = Field(0.15, ge=0, le=1)
+    intensity_prob: float = Field(0.3, ge=0, le=1, description="Random scale and shift of intensities.")
+    gamma_prob: float = Field(0.15, ge=0, le=1)
+
+
+class TrainConfig(_Section):
+    network: Literal["unet"] = "unet"
+    channels: list[int] = [16, 32, 64, 128]
+    num_res_units: int = 2
+    norm: Literal["instance", "batch"] = "instance"
+    dropout: float = 0.0
+    patch_size: list[int] = [48, 64, 48]
+    loss: Literal["dice_ce"] = "dice_ce"
+    batch_size: int = 4
+    epochs: int = 60
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    val_every: int = Field(5, ge=1, description="Validate every N epochs and keep the best model.")
+    max_train_cases: int | None = Field(None, description="Train on at most this many cases (smoke runs).")
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+class InferenceConfig(_Section):
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = 4
+
+
+class MlflowConfig(_Section):
+    experiment: str = "medseg"
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return content
+
+
+def _validate(content: dict[str, Any], path: Path) -> Params:
+    try:
+        return Params.model_validate(content)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    return _validate(_read_yaml(path), path)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _override(assignment: str) -> dict[str, Any]:
+    """``train.epochs=5`` as the nested mapping it stands for; the value is read as YAML."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set '{assignment}': expected KEY=VALUE, e.g. train.epochs=5")
+    nested: Any = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def render_preset(preset: Path | str, overrides: list[str] = ()) -> Params:
+    """The defaults overlaid with a preset's (partial) values, then with ``KEY=VALUE`` overrides."""
+    preset = Path(preset)
+    content = _deep_merge(Params().model_dump(), _read_yaml(preset))
+    for assignment in overrides:
+        content = _deep_merge(content, _override(assignment))
+    return _validate(content, preset)
+
+
+def params_yaml(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(), sort_keys=False)
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Dotted keys (``train.learning_rate``), as MLflow and ``dvc exp run -S`` name them."""
+
+    def walk(prefix: str, node: Any) -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                out.update(walk(f"{prefix}.{key}" if prefix else key, value))
+            return out
+        return {prefix: node}
+
+    return walk("", params.model_dump())

@@ -1,0 +1,63 @@
+"""The network and the self-describing model file.
+
+One file holds the weights and everything inference needs (network definition, label
+names, preprocessing, patch size), in plain types, so it loads with ``weights_only=True``
+on another machine with no ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import UNet
+
+from pipeline.config import Params
+from pipeline.errors import ModelError
+from pipeline.files import atomic_path
+
+MODEL_FORMAT = "medseg-model/1"
+
+
+def network_spec(params: Params, n_classes: int) -> dict[str, Any]:
+    train = params.train
+    return {
+        "name": train.network,
+        "spatial_dims": len(train.patch_size),
+        "in_channels": 1,
+        "out_channels": n_classes,
+        "channels": list(train.channels),
+        "strides": [2] * (len(train.channels) - 1),
+        "num_res_units": train.num_res_units,
+        "norm": train.norm,
+        "dropout": train.dropout,
+    }
+
+
+def build_network(spec: dict[str, Any]) -> torch.nn.Module:
+    if spec["name"] != "unet":
+        raise ModelError(f"unknown network '{spec['name']}'")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return UNet(**kwargs)
+
+
+def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]) -> None:
+    content = {"format": MODEL_FORMAT, **description, "state_dict": network.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(content, tmp)
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file (train one with `dvc repro`, or pass --model)")
+    try:
+        content = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise ModelError(f"{path}: not a readable model file ({err.__class__.__name__}: {err})") from None
+    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a medseg model (expected format '{MODEL_FORMAT}')")
+    network = build_network(content["network"])
+    network.load_state_dict(content.pop("state_dict"))
+    return network.to(device).eval(), content

@@ -1,0 +1,70 @@
+"""MONAI transform chains, shared so that training, evaluation and ``segment`` see the same data."""
+
+from __future__ import annotations
+
+import numpy as np
+from monai import transforms as T
+
+from pipeline.config import AugmentationConfig, PreprocessConfig
+
+IMAGE, LABEL = "image", "label"
+
+
+def load(keys: tuple[str, ...]) -> T.Compose:
+    """Read NIfTI with nibabel so that arrays keep the file's own voxel order (needed to write results back)."""
+    return T.Compose(
+        [
+            T.LoadImaged(keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+            T.EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        ]
+    )
+
+
+def prepare(config: PreprocessConfig, keys: tuple[str, ...]) -> T.Compose:
+    """Geometry and intensity steps; invertible (but for normalisation) so predictions map back."""
+    steps: list[T.Transform] = [T.Orientationd(keys, axcodes=config.orientation, labels=None)]
+    if config.spacing:
+        modes = ["bilinear" if k == IMAGE else "nearest" for k in keys]
+        steps.append(T.Spacingd(keys, pixdim=config.spacing, mode=modes))
+    steps.append(T.NormalizeIntensityd(IMAGE, channel_wise=True))
+    return T.Compose(steps)
+
+
+def training_augmentation(patch_size: list[int], aug: AugmentationConfig) -> list[T.Transform]:
+    """Random steps, run each iteration after the cached deterministic ones."""
+    keys = (IMAGE, LABEL)
+    flips = [T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(len(patch_size))]
+    return [
+        T.RandSpatialCropd(keys, roi_size=patch_size, random_size=False),
+        T.RandAffined(
+            keys,
+            prob=aug.affine_prob,
+            rotate_range=[np.pi / 12] * len(patch_size),
+            scale_range=[0.15] * len(patch_size),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        T.Rand3DElasticd(
+            keys,
+            prob=aug.elastic_prob,
+            sigma_range=(5, 8),
+            magnitude_range=(50, 150),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        *flips,
+        T.RandGaussianNoised(IMAGE, prob=aug.noise_prob, std=0.1),
+        T.RandScaleIntensityd(IMAGE, factors=0.25, prob=aug.intensity_prob),
+        T.RandShiftIntensityd(IMAGE, offsets=0.1, prob=aug.intensity_prob),
+        T.RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=aug.gamma_prob),
+    ]
+
+
+def training(patch_size: list[int], aug: AugmentationConfig) -> T.Compose:
+    keys = (IMAGE, LABEL)
+    cached = [*load(keys).transforms, T.SpatialPadd(keys, spatial_size=patch_size)]
+    return T.Compose([*cached, *training_augmentation(patch_size, aug)])
+
+
+def validation() -> T.Compose:
+    return load((IMAGE, LABEL))
