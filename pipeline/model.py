@@ -35,6 +35,18 @@ def network_spec(params: Params, n_classes: int) -> dict[str, Any]:
     }
 
 
+def describe(params: Params, labels: dict[str, str], modality: str, preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All that inference needs besides the weights; ``preprocess`` is what was applied to the training data."""
+    return {
+        "network": network_spec(params, n_classes=len(labels)),
+        "labels": labels,
+        "modality": modality,
+        "preprocess": preprocess if preprocess is not None else params.preprocess.model_dump(),
+        "patch_size": list(params.train.patch_size),
+        "inference": params.inference.model_dump(),
+    }
+
+
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:
     if spec["name"] != "unet":
         raise ModelError(f"unknown network '{spec['name']}'")

@@ -24,7 +24,7 @@ from pipeline.checkpoint import load_checkpoint, restore_rng_state, rng_state, s
 from pipeline.config import Params, flatten
 from pipeline.files import write_csv, write_json
 from pipeline.inference import sliding_window_logits
-from pipeline.model import build_network, network_spec, save_model
+from pipeline.model import build_network, describe, save_model
 
 log = logging.getLogger(__name__)
 MODEL_FILE, HISTORY_FILE, RUN_FILE, CHECKPOINT_FILE = "model.pt", "history.csv", "mlflow_run.json", "checkpoint.pt"
@@ -75,14 +75,7 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size)
     val_loader = DataLoader(val_set, batch_size=1)
 
-    description = {
-        "network": network_spec(params, n_classes=len(labels)),
-        "labels": labels,
-        "modality": dataset_meta["modality"],
-        "preprocess": dataset_meta["preprocess"],
-        "patch_size": list(config.patch_size),
-        "inference": params.inference.model_dump(),
-    }
+    description = describe(params, labels, dataset_meta["modality"], preprocess=dataset_meta["preprocess"])
     network = build_network(description["network"]).to(device)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -9,6 +9,7 @@ import pytest
 from monai.data import create_test_image_3d
 
 from pipeline.config import Params
+from pipeline.model import build_network, describe, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -35,6 +36,17 @@ def tiny_params() -> Params:
             "train": {"channels": [4, 8, 16], "num_res_units": 1, "patch_size": [32, 48, 32], "batch_size": 2, "epochs": 2, "val_every": 1},
         }
     )
+
+
+HIPPOCAMPUS_LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
+
+
+@pytest.fixture
+def untrained_model(tiny_params, tmp_path) -> Path:
+    """A complete model file with random weights: enough wherever the geometry, not the accuracy, is tested."""
+    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI")
+    save_model(tmp_path / "untrained.pt", build_network(description["network"]), description)
+    return tmp_path / "untrained.pt"
 
 
 def write_volume(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:

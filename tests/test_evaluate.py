@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluate import dice_per_class, evaluate
-from pipeline.model import build_network, network_spec, save_model
 from pipeline.preprocess import preprocess
 from pipeline.split import split
 
@@ -21,21 +20,11 @@ def test_dice_per_class_on_known_overlaps():
     assert scores[1] == 1.0
 
 
-def test_evaluate_writes_per_case_summary_and_plot(hippocampus, tiny_params, tmp_path):
+def test_evaluate_writes_per_case_summary_and_plot(hippocampus, tiny_params, untrained_model, tmp_path):
     prep = tmp_path / "prep"
     preprocess(hippocampus, prep, tiny_params.preprocess)
     split(prep / "manifest.csv", tmp_path / "split.json", tiny_params.split, tiny_params.seed)
-    network = build_network(network_spec(tiny_params, n_classes=3))
-    description = {
-        "network": network_spec(tiny_params, n_classes=3),
-        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
-        "modality": "MRI",
-        "preprocess": tiny_params.preprocess.model_dump(),
-        "patch_size": tiny_params.train.patch_size,
-        "inference": tiny_params.inference.model_dump(),
-    }
-    save_model(tmp_path / "model.pt", network, description)
-    summary = evaluate(tmp_path / "model.pt", prep, tmp_path / "split.json", tmp_path / "reports")
+    summary = evaluate(untrained_model, prep, tmp_path / "split.json", tmp_path / "reports")
     per_case = pd.read_csv(tmp_path / "reports" / "per_case.csv")
     validation = json.loads((tmp_path / "split.json").read_text())["validation"]
     assert sorted(per_case.case_id) == sorted(validation)
@@ -43,4 +32,5 @@ def test_evaluate_writes_per_case_summary_and_plot(hippocampus, tiny_params, tmp
     assert per_case[["dice_Anterior", "dice_Posterior"]].apply(lambda c: c.between(0, 1)).all().all()
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == summary
     assert math.isclose(summary["dice_mean"], per_case.dice_mean.mean())
-    assert (tmp_path / "reports" / "dice_per_class.png").read_bytes()[:4] == b"\x89PNG"
+    for picture in ("dice_per_class.png", "cases.png"):
+        assert (tmp_path / "reports" / picture).read_bytes()[:4] == b"\x89PNG"

@@ -5,8 +5,8 @@ import torch
 
 from pipeline.config import Params
 from pipeline.inference import predict_file
-from pipeline.model import build_network, network_spec
-from tests.conftest import synthetic_pair, write_volume
+from pipeline.model import build_network, describe
+from tests.conftest import HIPPOCAMPUS_LABELS, synthetic_pair, write_volume
 
 
 class OracleOfBrightness(torch.nn.Module):
@@ -18,12 +18,7 @@ class OracleOfBrightness(torch.nn.Module):
 
 def _description(spacing=None, orientation="RAS", patch=(32, 32, 32)):
     params = Params.model_validate({"preprocess": {"spacing": spacing, "orientation": orientation}, "train": {"patch_size": list(patch)}})
-    return {
-        "network": network_spec(params, n_classes=3),
-        "preprocess": params.preprocess.model_dump(),
-        "patch_size": list(patch),
-        "inference": params.inference.model_dump(),
-    }
+    return describe(params, HIPPOCAMPUS_LABELS, "MRI")
 
 
 @pytest.mark.parametrize("spacing", [None, [1.5, 1.5, 2.0]])

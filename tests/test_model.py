@@ -1,23 +1,14 @@
 import pytest
 import torch
 
-from pipeline.model import ModelError, build_network, load_model, network_spec, save_model
-
-
-def _description(params):
-    return {
-        "network": network_spec(params, n_classes=3),
-        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
-        "modality": "MRI",
-        "preprocess": params.preprocess.model_dump(),
-        "patch_size": params.train.patch_size,
-        "inference": params.inference.model_dump(),
-    }
+from pipeline.model import ModelError, build_network, describe, load_model, save_model
+from tests.conftest import HIPPOCAMPUS_LABELS
 
 
 def test_the_model_file_carries_what_inference_needs(tiny_params, tmp_path):
-    network = build_network(network_spec(tiny_params, n_classes=3))
-    save_model(tmp_path / "model.pt", network, _description(tiny_params))
+    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI")
+    network = build_network(description["network"])
+    save_model(tmp_path / "model.pt", network, description)
     # weights_only: the file holds tensors and plain types only
     raw = torch.load(tmp_path / "model.pt", weights_only=True)
     assert raw["format"] == "medseg-model/1" and raw["labels"]["2"] == "Posterior"

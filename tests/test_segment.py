@@ -2,32 +2,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.model import build_network, network_spec, save_model
 from pipeline.segment import InputError, input_files, segment
 from tests.conftest import HIPPOCAMPUS_FIXTURE, write_volume
 
 
-@pytest.fixture
-def model_file(tiny_params, tmp_path):
-    """An untrained but complete model: segment must honour the grid whatever the weights."""
-    network = build_network(network_spec(tiny_params, n_classes=3))
-    description = {
-        "network": network_spec(tiny_params, n_classes=3),
-        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
-        "modality": "MRI",
-        "preprocess": tiny_params.preprocess.model_dump(),
-        "patch_size": tiny_params.train.patch_size,
-        "inference": tiny_params.inference.model_dump(),
-    }
-    save_model(tmp_path / "model.pt", network, description)
-    return tmp_path / "model.pt"
-
-
-def test_output_has_the_input_name_shape_affine_and_uint8(model_file, tmp_path):
+def test_output_has_the_input_name_shape_affine_and_uint8(untrained_model, tmp_path):
     source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_177.nii.gz"
     lps = nib.load(source)
     lps_path = write_volume(tmp_path / "in" / "lps_case.nii", np.asanyarray(lps.dataobj)[::-1, ::-1], np.diag([-1, -1, 1, 1]) @ lps.affine)
-    failures = segment([source, tmp_path / "in"], tmp_path / "out", model_file)
+    failures = segment([source, tmp_path / "in"], tmp_path / "out", untrained_model)
     assert failures == []
     for original in (source, lps_path):
         written = nib.load(tmp_path / "out" / original.name)
@@ -37,12 +20,12 @@ def test_output_has_the_input_name_shape_affine_and_uint8(model_file, tmp_path):
         assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2}
 
 
-def test_a_broken_input_is_reported_and_the_others_written(model_file, tmp_path):
+def test_a_broken_input_is_reported_and_the_others_written(untrained_model, tmp_path):
     broken = tmp_path / "in" / "broken.nii.gz"
     broken.parent.mkdir()
     broken.write_bytes(b"\x1f\x8b not really gzip")
     good = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_149.nii.gz"
-    failures = segment([broken, good], tmp_path / "out", model_file)
+    failures = segment([broken, good], tmp_path / "out", untrained_model)
     assert [path for path, _ in failures] == [broken]
     assert (tmp_path / "out" / good.name).is_file() and not (tmp_path / "out" / broken.name).exists()
 
