@@ -106,3 +106,6 @@ def main() -> None:
     except MedsegError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         sys.exit(2)
+    except FileNotFoundError as err:  # a stage's input that an earlier stage did not write
+        typer.secho(f"error: {err.filename}: no such file or folder", fg="red", err=True)
+        sys.exit(2)

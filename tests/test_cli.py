@@ -32,10 +32,12 @@ def test_configure_writes_the_full_params_file(tmp_path):
         (("preprocess", "raw", "out"), "params.yaml: no such params file"),
         (("segment", "missing.nii.gz", "-o", "out"), "missing.nii.gz: no such file or folder"),
         (("evaluate", "nomodel.pt", "prep", "split.json", "reports"), "nomodel.pt: no such model file"),
+        (("split", "nomanifest.csv", "split.json", "-p", "params.yaml"), "nomanifest.csv: no such file or folder"),
     ],
 )
 def test_user_errors_are_one_line_not_a_traceback(tmp_path, args, message):
-    (tmp_path / "missing.nii.gz").unlink(missing_ok=True)
+    if "-p" in args:
+        medseg("configure", ROOT / "configs" / "smoke.yaml", cwd=tmp_path)
     result = medseg(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.segment import InputError, input_files, segment
-from tests.conftest import HIPPOCAMPUS_FIXTURE, write_volume
+from tests.conftest import HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volume
 
 
 def test_output_has_the_input_name_shape_affine_and_uint8(untrained_model, tmp_path):
@@ -38,3 +38,13 @@ def test_inputs_that_name_nothing_to_segment_are_refused(tmp_path):
     (tmp_path / "scan.png").write_bytes(b"")
     with pytest.raises(InputError, match="scan.png: not a NIfTI file"):
         input_files([tmp_path / "scan.png"])
+
+
+@needs_shared
+def test_the_real_image_without_label_is_segmented_on_its_grid(untrained_model, tmp_path):
+    """hippocampus_118 has no label: a case no model was trained on."""
+    source = SHARED / "hippocampus" / "outliers" / "images" / "hippocampus_118.nii.gz"
+    assert segment([source], tmp_path, untrained_model) == []
+    written, original = nib.load(tmp_path / source.name), nib.load(source)
+    assert written.shape == original.shape
+    np.testing.assert_array_equal(written.affine, original.affine)
