@@ -57,6 +57,20 @@ def validation_dice(network: torch.nn.Module, loader: DataLoader, description: d
     return metric.aggregate().cpu()
 
 
+def train_one_epoch(network: torch.nn.Module, batches: tqdm, loss_function, optimizer, device: torch.device) -> float:
+    """One pass over the training data; returns the mean loss."""
+    network.train()
+    losses = []
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_function(network(batch["image"].to(device)), batch["label"].to(device))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        batches.set_postfix(loss=f"{loss.item():.4f}")
+    return sum(losses) / len(losses)
+
+
 def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> dict[str, Any]:
     prep_dir, out_dir = Path(prep_dir), Path(out_dir)
     config = params.train
@@ -103,18 +117,10 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
         write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
         started = time.monotonic()
         for epoch in range(first_epoch, config.epochs + 1):
-            network.train()
-            losses = []
             bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
-            for batch in bar:
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_function(network(batch["image"].to(device)), batch["label"].to(device))
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            mean_loss = train_one_epoch(network, bar, loss_function, optimizer, device)
             scheduler.step()
-            record: dict[str, float] = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]}
+            record: dict[str, float] = {"epoch": epoch, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
             if epoch % config.val_every == 0 or epoch == config.epochs:
                 dice = validation_dice(network, val_loader, description, device)
                 record.update({f"val_dice_{name}": float(d) for name, d in zip(foreground, dice)})
