@@ -55,7 +55,7 @@ class TrainConfig(_Section):
     patch_size: list[int] = [48, 64, 48]
     loss: Literal["dice_ce"] = "dice_ce"
     batch_size: int = 4
-    epochs: int = 60
+    epochs: int = 50
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     val_every: int = Field(5, ge=1, description="Validate every N epochs and keep the best model.")
