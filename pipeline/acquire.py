@@ -1,4 +1,4 @@
-"""Stage 1: bring the raw dataset into ``data/`` so that DVC versions it."""
+"""Stage 1: bring the raw dataset (MSD or images/labels layout) into ``data/`` so that DVC versions it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.dataset import DatasetError, read_dataset
+from pipeline.dataset import LAYOUT_PARTS, layout_of
+from pipeline.errors import DatasetError
 
 MSD_PREFIX = "msd:"
-MSD_PARTS = ("dataset.json", "imagesTr", "labelsTr", "imagesTs")
 
 
 def _download_msd(task: str, staging: Path) -> Path:
@@ -31,17 +31,16 @@ def _download_msd(task: str, staging: Path) -> Path:
     return staging / task
 
 
-def _msd_files(source: Path) -> list[Path]:
+def _dataset_files(source: Path) -> list[Path]:
     files = []
-    for part in MSD_PARTS:
+    for part in LAYOUT_PARTS[layout_of(source)]:
         path = source / part
         files += [path] if path.is_file() else sorted(path.rglob("*"))
     return [p for p in files if p.is_file() and not p.name.startswith(".")]
 
 
-def _copy_msd_layout(source: Path, target: Path) -> None:
-    read_dataset(source)  # fail early, with the reason, on a folder that is not a dataset
-    for path in tqdm(_msd_files(source), desc=f"copying {source}", unit="file"):
+def _copy_dataset(source: Path, target: Path) -> None:
+    for path in tqdm(_dataset_files(source), desc=f"copying {source}", unit="file"):
         destination = target / path.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, destination)
@@ -60,7 +59,7 @@ def acquire(source: str, out_dir: Path) -> None:
             if not origin.is_dir():
                 raise DatasetError(f"data.source: '{source}' is neither '{MSD_PREFIX}TaskNN_Name' nor an existing folder")
         complete = staging / "dataset"
-        _copy_msd_layout(origin, complete)
+        _copy_dataset(origin, complete)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         complete.rename(out_dir)

@@ -43,11 +43,58 @@ def acquire(out_dir: Path, params: ParamsOption = Path("params.yaml")) -> None:
 
 @app.command()
 def preprocess(raw_dir: Path, out_dir: Path, params: ParamsOption = Path("params.yaml")) -> None:
-    """Check, reorient and normalise every case; list the usable ones and the rejected ones."""
+    """Validate and fingerprint every case, plan, then resample, crop and normalise the usable ones."""
     from pipeline.preprocess import preprocess as run
 
-    manifest = run(raw_dir, out_dir, load_params(params).preprocess)
+    config = load_params(params)
+    manifest = run(raw_dir, out_dir, config.data, config.preprocess)
     typer.echo(f"{len(manifest)} cases ready in {out_dir}")
+
+
+@app.command()
+def validate(
+    dataset: Path,
+    report: Annotated[Path, typer.Option(help="Where to write the report (CSV).")] = Path("validation.csv"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Check every case of DATASET; exit 1 if any is rejected. Reads params only for the images/labels layout."""
+    from pipeline.config import DataConfig
+    from pipeline.validate import validate as run
+
+    data = load_params(params).data if params.is_file() else DataConfig()
+    result = run(dataset, report, data)
+    for row in result[result.status != "ok"].itertuples():
+        typer.echo(f"{row.status}: {row.case_id}: {row.file}: {row.reason}")
+    counts = result.status.value_counts()
+    typer.echo(f"{len(result)} cases: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "rejected")) + f"; report in {report}")
+    if counts.get("rejected", 0):
+        raise typer.Exit(1)
+
+
+@app.command()
+def series(folder: Path) -> None:
+    """List the DICOM series under FOLDER: index, description, size, spacing, UID."""
+    from pipeline.volumes import find_series
+
+    found = find_series(folder)
+    for item in found:
+        typer.echo(item.summary())
+    if not found:
+        typer.echo(f"{folder}: no DICOM series found")
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="An image file or a DICOM series folder.")],
+    target: Annotated[Path, typer.Argument(help="Output file; its suffix picks the format (.nii.gz, .nrrd, .mha).")],
+    series: Annotated[str | None, typer.Option(help="Index, UID or description, where SOURCE holds several series.")] = None,
+) -> None:
+    """Convert a DICOM series (or any readable image) to NIfTI, keeping its geometry."""
+    from pipeline.volumes import convert as run
+
+    image = run(source, target, series)
+    typer.echo(f"wrote {target}: {'x'.join(map(str, image.GetSize()))} voxels, {'x'.join(f'{s:.3g}' for s in image.GetSpacing())} mm")
 
 
 @app.command()
@@ -86,14 +133,15 @@ def evaluate(
 
 @app.command()
 def segment(
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, or folders of them.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (NIfTI, NRRD, MetaImage), folders of them, or DICOM series folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps.")],
     model: Annotated[Path, typer.Option("--model", "-m")] = Path("models/model.pt"),
+    series: Annotated[str | None, typer.Option(help="Index, UID or description, where a DICOM folder holds several series.")] = None,
 ) -> None:
     """Write OUTPUT/<input name>: a uint8 label map on exactly the input's grid."""
     from pipeline.segment import segment as run
 
-    failures = run(inputs, output, model)
+    failures = run(inputs, output, model, series)
     for path, reason in failures:
         typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
     if failures:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -22,14 +22,29 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: str = Field(
         "msd:Task04_Hippocampus",
-        description="'msd:TaskNN_Name' downloads that Decathlon task; otherwise a local folder in MSD layout.",
+        description="'msd:TaskNN_Name' downloads that Decathlon task; otherwise a local folder (MSD or images/labels layout).",
     )
+    labels: dict[int, str] | None = Field(None, description="Label value -> name; required for the images/labels layout.")
+    modality: str | None = Field(None, description="'CT', 'MRI', ...; required for the images/labels layout.")
+    dimensions: Literal[2, 3] = Field(3, description="Of the images/labels layout; MSD datasets say it in dataset.json.")
 
 
 class PreprocessConfig(_Section):
-    orientation: str = "RAS"
-    spacing: list[float] | None = Field(None, description="Target voxel size in mm; null keeps each case's own.")
-    normalization: Literal["zscore"] = "zscore"
+    orientation: str = Field("RAS", pattern="^[LR][PA][IS]$")
+    spacing: list[float] | None = Field(None, description="Target voxel size in mm; null plans the dataset's median.")
+    normalization: Literal["auto", "zscore", "ct", "window"] = Field(
+        "auto", description="auto: 'ct' for CT, else 'zscore'. ct: clip to foreground percentiles, then z-score. window: clip to `window`."
+    )
+    window: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high] intensities, for normalization: window.")
+    crop_foreground: bool = Field(True, description="Crop each case to its non-zero region.")
+    on_rejected: Literal["skip", "fail"] = Field("skip", description="What a rejected case does to the stage.")
+    workers: int | None = Field(None, ge=1, description="Processes; null uses every core.")
+
+    @model_validator(mode="after")
+    def _window_when_asked(self) -> PreprocessConfig:
+        if self.normalization == "window" and self.window is None:
+            raise ValueError("normalization 'window' needs window: [low, high]")
+        return self
 
 
 class SplitConfig(_Section):
@@ -52,7 +67,7 @@ class TrainConfig(_Section):
     num_res_units: int = 2
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
-    patch_size: list[int] = [48, 64, 48]
+    patch_size: list[int] | None = Field(None, description="null: planned from the dataset fingerprint.")
     loss: Literal["dice_ce"] = "dice_ce"
     batch_size: int = 4
     epochs: int = 50

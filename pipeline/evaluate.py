@@ -6,19 +6,21 @@ import json
 from pathlib import Path
 
 import mlflow
-import nibabel as nib
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 import torch
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from tqdm import tqdm
 
 from pipeline import tracking
+from pipeline.dataset import class_indices
 from pipeline.figures import case_gallery, dice_boxplot
 from pipeline.files import write_csv, write_json
-from pipeline.inference import predict_file
+from pipeline.inference import predict
 from pipeline.model import load_model
+from pipeline.volumes import read_image, to_metatensor
 
 PER_CASE_FILE, METRICS_FILE, PLOT_FILE, GALLERY_FILE = "per_case.csv", "metrics.json", "dice_per_class.png", "cases.png"
 
@@ -33,7 +35,8 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, n_classes: int) ->
 
 
 def _load_array(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.load(path).dataobj)
+    """Indexed (x, y, z), as the predictions are."""
+    return sitk.GetArrayFromImage(read_image(path)).T
 
 
 def evaluate(model_path: Path, prep_dir: Path, split_json: Path, out_dir: Path, run_file: Path | None = None) -> dict:
@@ -48,8 +51,10 @@ def evaluate(model_path: Path, prep_dir: Path, split_json: Path, out_dir: Path, 
 
     def image_truth_prediction(case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         image_path = raw_dir / manifest.at[case_id, "raw_image"]
-        truth = np.rint(_load_array(raw_dir / manifest.at[case_id, "raw_label"])).astype(np.uint8)
-        return _load_array(image_path), truth, predict_file(network, description, image_path, device)
+        values = np.rint(_load_array(raw_dir / manifest.at[case_id, "raw_label"])).astype(np.int64)
+        truth = class_indices(description["label_values"])[values]
+        image = to_metatensor(read_image(image_path))
+        return image[0].numpy(), truth, predict(network, description, image, device)
 
     rows = []
     for case_id in tqdm(validation, desc="evaluating", unit="case"):

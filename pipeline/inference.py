@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
-from pipeline.config import PreprocessConfig
-from pipeline.transforms import IMAGE, load, prepare
+from pipeline.transforms import IMAGE, prepare
 
 
 def sliding_window_logits(network: torch.nn.Module, images: torch.Tensor, description: dict[str, Any]) -> torch.Tensor:
@@ -28,12 +26,12 @@ def sliding_window_logits(network: torch.nn.Module, images: torch.Tensor, descri
         )
 
 
-def predict_file(network: torch.nn.Module, description: dict[str, Any], image_path: Path, device: torch.device) -> np.ndarray:
-    """Label map (uint8) with exactly the shape and voxel order of the file's own array."""
-    preparation = prepare(PreprocessConfig(**description["preprocess"]), (IMAGE,))
-    image = preparation(load((IMAGE,))({IMAGE: str(image_path)}))[IMAGE]
-    logits = sliding_window_logits(network, image[None].to(device), description)[0]
-    probabilities = MetaTensor(torch.softmax(logits, 0).cpu(), meta=image.meta, applied_operations=image.applied_operations)
+def predict(network: torch.nn.Module, description: dict[str, Any], image: MetaTensor, device: torch.device) -> np.ndarray:
+    """Label map (uint8) indexed like ``image`` (channel-first, as read), whatever preparation did in between."""
+    preparation = prepare(description["preprocess"], (IMAGE,))
+    prepared = preparation({IMAGE: image})[IMAGE]
+    logits = sliding_window_logits(network, prepared[None].to(device), description)[0]
+    probabilities = MetaTensor(torch.softmax(logits, 0).cpu(), meta=prepared.meta, applied_operations=prepared.applied_operations)
     # resample probabilities, not labels, back to the input grid; then take the most likely class
     restored = preparation.inverse({IMAGE: probabilities})[IMAGE]
     return torch.argmax(restored, dim=0).numpy().astype(np.uint8)

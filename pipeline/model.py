@@ -20,11 +20,11 @@ from pipeline.files import atomic_path
 MODEL_FORMAT = "medseg-model/1"
 
 
-def network_spec(params: Params, n_classes: int) -> dict[str, Any]:
+def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[str, Any]:
     train = params.train
     return {
         "name": train.network,
-        "spatial_dims": len(train.patch_size),
+        "spatial_dims": spatial_dims,
         "in_channels": 1,
         "out_channels": n_classes,
         "channels": list(train.channels),
@@ -35,14 +35,18 @@ def network_spec(params: Params, n_classes: int) -> dict[str, Any]:
     }
 
 
-def describe(params: Params, labels: dict[str, str], modality: str, preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
-    """All that inference needs besides the weights; ``preprocess`` is what was applied to the training data."""
+def describe(
+    params: Params, labels: dict[str, str], modality: str, plan: dict[str, Any], patch_size: list[int], label_values: list[int] | None = None
+) -> dict[str, Any]:
+    """All that inference needs besides the weights: ``labels`` names class indices 0..K-1, ``label_values``
+    are the values they had in the data (written back by ``segment``), ``plan`` the preprocessing."""
     return {
-        "network": network_spec(params, n_classes=len(labels)),
+        "network": network_spec(params, n_classes=len(labels), spatial_dims=len(patch_size)),
         "labels": labels,
+        "label_values": label_values or list(range(len(labels))),
         "modality": modality,
-        "preprocess": preprocess if preprocess is not None else params.preprocess.model_dump(),
-        "patch_size": list(params.train.patch_size),
+        "preprocess": plan,
+        "patch_size": list(patch_size),
         "inference": params.inference.model_dump(),
     }
 

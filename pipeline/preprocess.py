@@ -1,13 +1,19 @@
-"""Stage 2: check every case, bring it to a common orientation and intensity scale, and list it.
+"""Stage 2: validate every case, fingerprint the dataset, plan, and prepare the cases for training.
 
-A case that fails a check is named in ``rejected.csv`` with its reason and skipped;
-the stage fails only when no case is left.
+Rejected cases are named in ``validation.csv`` and skipped (or stop the stage when
+``preprocess.on_rejected: fail``). Work is spread over a process pool and is incremental:
+a case is read again only when its files or the plan changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -15,103 +21,175 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline.config import PreprocessConfig
-from pipeline.dataset import Case, DatasetError, Problem, read_dataset
+from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.dataset import Case, Dataset, class_indices, read_dataset
+from pipeline.errors import DatasetError
 from pipeline.files import atomic_path, write_csv, write_json
-from pipeline.transforms import IMAGE, LABEL, load, prepare
+from pipeline.plan import case_fingerprint, plan_digest, plan_preprocessing
+from pipeline.transforms import IMAGE, LABEL, prepare
+from pipeline.validate import REPORT_COLUMNS, CaseRejected, check_case
+from pipeline.volumes import to_metatensor
 
 log = logging.getLogger(__name__)
-AFFINE_TOLERANCE = 1e-3
+FINGERPRINT_FILE, PLAN_FILE, MANIFEST_FILE, VALIDATION_FILE = "fingerprint.json", "plan.json", "manifest.csv", "validation.csv"
+WRITTEN_COLUMNS = ("image", "label", "shape", "spacing", "crop_start", "crop_end")
 
 
-class CaseRejected(Exception):
-    def __init__(self, file: Path, reason: str):
-        super().__init__(reason)
-        self.file = file
-        self.reason = reason
+def input_digest(case: Case) -> str:
+    """Content hash of a case's files (every file of a DICOM folder)."""
+    digest = hashlib.sha256()
+    for path in (case.image, case.label):
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
-def check_case(case: Case, image: torch.Tensor, label: torch.Tensor, classes: set[int]) -> None:
-    """Raise ``CaseRejected`` naming the file and the first problem found."""
-    for path, volume in ((case.image, image), (case.label, label)):
-        if volume.ndim != 4 or volume.shape[0] != 1:
-            raise CaseRejected(path, f"expected a 3D volume, found shape {tuple(volume.shape[1:])}")
-    if image.shape != label.shape:
-        raise CaseRejected(case.label, f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}")
-    if not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE):
-        raise CaseRejected(case.label, "label affine (position, orientation or spacing) differs from the image's")
-    if not torch.isfinite(image).all():
-        raise CaseRejected(case.image, "image holds NaN or infinite voxels")
-    if image.min() == image.max():
-        raise CaseRejected(case.image, "image is constant")
-    if not torch.isfinite(label).all() or not torch.equal(label, label.round()):
-        raise CaseRejected(case.label, "label values are not whole numbers")
-    unexpected = set(torch.unique(label).int().tolist()) - classes
-    if unexpected:
-        raise CaseRejected(case.label, f"label values {sorted(unexpected)} are not declared classes {sorted(classes)}")
+def _fingerprint_job(job: tuple[Case, set[int], int]) -> dict[str, Any]:
+    case, classes, dimensions = job
+    torch.set_num_threads(1)
+    try:
+        checked = check_case(case, classes, dimensions)
+    except CaseRejected as rejected:
+        return {"status": "rejected", "file": str(rejected.file), "reason": rejected.reason}
+    return {
+        "status": "warning" if checked.warnings else "ok",
+        "file": str(case.image),
+        "reason": "; ".join(checked.warnings),
+        "fingerprint": case_fingerprint(case.case_id, checked.image, checked.label),
+    }
 
 
 def _save_nifti(volume: torch.Tensor, path: Path, dtype: type) -> None:
-    array = volume[0].numpy().astype(dtype)
+    array = volume[0].numpy()
+    array = (np.rint(array) if dtype == np.uint8 else array).astype(dtype)
     with atomic_path(path) as tmp:
         nib.save(nib.Nifti1Image(array, np.asarray(volume.affine, dtype=np.float64)), tmp)
 
 
-def preprocess_case(case: Case, classes: set[int], config: PreprocessConfig, raw_dir: Path, out_dir: Path) -> dict:
+def _prepare_job(job: tuple[Case, set[int], int, dict[str, Any], Path]) -> dict[str, Any]:
+    case, classes, dimensions, plan, out_dir = job
+    torch.set_num_threads(1)
+    checked = check_case(case, classes, dimensions)
     keys = (IMAGE, LABEL)
+    label = to_metatensor(checked.label)
+    label.array = class_indices(sorted(classes))[np.rint(label.array).astype(np.int64)]
+    data = prepare(plan, keys)({IMAGE: to_metatensor(checked.image), LABEL: label})
+    image_out, label_out = Path("images") / f"{case.case_id}.nii.gz", Path("labels") / f"{case.case_id}.nii.gz"
+    _save_nifti(data[IMAGE], out_dir / image_out, np.float32)
+    _save_nifti(data[LABEL], out_dir / label_out, np.uint8)
+    return {
+        "image": str(image_out),
+        "label": str(label_out),
+        "shape": "x".join(map(str, data[IMAGE].shape[1:])),
+        "spacing": "x".join(f"{s:.4g}" for s in data[IMAGE].pixdim.tolist()),
+        "crop_start": "x".join(map(str, data.get("foreground_start_coord", []))),
+        "crop_end": "x".join(map(str, data.get("foreground_end_coord", []))),
+    }
+
+
+def _run(function, jobs: list, description: str, workers: int) -> list:
+    if not jobs:
+        return []
+    if workers <= 1:
+        return [function(job) for job in tqdm(jobs, desc=description, unit="case")]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(function, jobs, chunksize=4), total=len(jobs), desc=description, unit="case"))
+
+
+def _remove_unlisted(out_dir: Path, listed: set[str]) -> None:
+    """Drop prepared files of cases no longer in the dataset (the folder persists between runs)."""
+    for folder in ("images", "labels"):
+        for path in (out_dir / folder).glob("*.nii.gz"):
+            if str(path.relative_to(out_dir)) not in listed:
+                path.unlink()
+
+
+def _previous(path: Path) -> dict[str, Any]:
     try:
-        data = load(keys)({IMAGE: str(case.image), LABEL: str(case.label)})
-    except Exception as err:  # a reader fails in many ways on a broken file; all mean "unreadable"
-        raise CaseRejected(case.image, f"cannot be read as a volume pair: {err}") from None
-    check_case(case, data[IMAGE], data[LABEL], classes)
-    original_axcodes = "".join(nib.aff2axcodes(np.asarray(data[IMAGE].affine)))
-    data = prepare(config, keys)(data)
-    image, label = data[IMAGE], data[LABEL]
-    image_out = out_dir / "images" / f"{case.case_id}.nii.gz"
-    label_out = out_dir / "labels" / f"{case.case_id}.nii.gz"
-    _save_nifti(image, image_out, np.float32)
-    _save_nifti(label, label_out, np.uint8)
-    counts = torch.bincount(label.flatten().long(), minlength=max(classes) + 1)
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _validate_and_fingerprint(dataset: Dataset, digests: dict[str, str], previous: dict[str, Any], workers: int) -> dict[str, Any]:
+    """Per case: status, reason and fingerprint; what an earlier run found for unchanged files is reused."""
+    fresh = [case for case in dataset.cases if previous.get(case.case_id, {}).get("digest") != digests[case.case_id]]
+    jobs = [(case, set(dataset.labels), dataset.dimensions) for case in fresh]
+    found = {case.case_id: {"digest": digests[case.case_id], **result} for case, result in zip(fresh, _run(_fingerprint_job, jobs, "validating", workers))}
+    return {case.case_id: found.get(case.case_id) or previous[case.case_id] for case in dataset.cases}
+
+
+def _report(dataset: Dataset, cases: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"case_id": p.case_id, "status": "rejected", "file": str(p.file), "reason": p.reason} for p in dataset.problems]
+    rows += [{"case_id": c, "status": r["status"], "file": r["file"], "reason": r["reason"]} for c, r in cases.items()]
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("case_id", ignore_index=True)
+
+
+def _manifest_row(case: Case, raw_dir: Path, fingerprint: dict[str, Any], written: dict[str, Any], digests: tuple[str, str], values: list[int]) -> dict[str, Any]:
     return {
         "case_id": case.case_id,
         "raw_image": str(case.image.relative_to(raw_dir.resolve())),
         "raw_label": str(case.label.relative_to(raw_dir.resolve())),
-        "image": str(image_out.relative_to(out_dir)),
-        "label": str(label_out.relative_to(out_dir)),
-        "original_orientation": original_axcodes,
-        "shape": "x".join(map(str, image.shape[1:])),
-        "spacing": "x".join(f"{s:.3g}" for s in image.pixdim.tolist()),
-        **{f"voxels_{c}": int(counts[c]) for c in sorted(classes)},
+        "original_shape": "x".join(map(str, fingerprint["shape"])),
+        "original_spacing": "x".join(f"{s:.4g}" for s in fingerprint["spacing"]),
+        **{k: written[k] for k in WRITTEN_COLUMNS},
+        **{f"voxels_{v}": fingerprint["class_voxels"].get(str(v), 0) for v in values},
+        "input_digest": digests[0],
+        "plan_digest": digests[1],
     }
 
 
-def preprocess(raw_dir: Path, out_dir: Path, config: PreprocessConfig) -> pd.DataFrame:
-    """Write ``images/``, ``labels/``, ``manifest.csv``, ``rejected.csv`` and ``dataset.json`` under ``out_dir``."""
+def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: PreprocessConfig) -> pd.DataFrame:
+    """Write ``images/``, ``labels/``, ``manifest.csv``, ``validation.csv``, ``fingerprint.json``,
+    ``plan.json`` and ``dataset.json`` under ``out_dir``."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    dataset = read_dataset(raw_dir)
-    classes = set(dataset.labels)
-    rows: list[dict] = []
-    problems: list[Problem] = list(dataset.problems)
-    for case in tqdm(dataset.cases, desc="preprocessing", unit="case"):
-        try:
-            rows.append(preprocess_case(case, classes, config, raw_dir, out_dir))
-        except CaseRejected as rejected:
-            problems.append(Problem(case.case_id, rejected.file, rejected.reason))
-    for problem in problems:
-        log.warning("skipped %s: %s: %s", problem.case_id, problem.file, problem.reason)
-    if not rows:
-        raise DatasetError(f"{raw_dir}: no usable case; see {out_dir / 'rejected.csv'}")
-    manifest = pd.DataFrame(rows)
-    write_csv(out_dir / "manifest.csv", manifest)
-    write_csv(out_dir / "rejected.csv", pd.DataFrame([vars(p) for p in problems], columns=["case_id", "file", "reason"]))
+    workers = config.workers or os.cpu_count() or 1
+    dataset = read_dataset(raw_dir, data_config)
+    values = sorted(dataset.labels)
+    digests = {case.case_id: input_digest(case) for case in dataset.cases}
+
+    cases = _validate_and_fingerprint(dataset, digests, _previous(out_dir / FINGERPRINT_FILE).get("cases", {}), workers)
+    report = _report(dataset, cases)
+    write_csv(out_dir / VALIDATION_FILE, report)
+    rejected = report[report.status == "rejected"]
+    for row in rejected.itertuples():
+        log.warning("rejected %s: %s: %s", row.case_id, row.file, row.reason)
+    if len(rejected) and config.on_rejected == "fail":
+        raise DatasetError(f"{raw_dir}: {len(rejected)} case(s) rejected (preprocess.on_rejected is 'fail'); see {out_dir / VALIDATION_FILE}")
+    accepted = [case for case in dataset.cases if cases[case.case_id]["status"] != "rejected"]
+    if not accepted:
+        raise DatasetError(f"{raw_dir}: no usable case; see {out_dir / VALIDATION_FILE}")
+
+    plan = plan_preprocessing([cases[c.case_id]["fingerprint"] for c in accepted], dataset.modality, config)
+    digest = plan_digest(plan)
+    earlier = pd.read_csv(out_dir / MANIFEST_FILE, dtype={"case_id": str}).set_index("case_id").to_dict("index") if (out_dir / MANIFEST_FILE).is_file() else {}
+
+    def up_to_date(case: Case) -> bool:
+        row = earlier.get(case.case_id)
+        return bool(row) and (row["input_digest"], row["plan_digest"]) == (digests[case.case_id], digest) and (out_dir / row["image"]).is_file()
+
+    stale = [case for case in accepted if not up_to_date(case)]
+    jobs = [(case, set(values), dataset.dimensions, plan, out_dir) for case in stale]
+    written = {**earlier, **dict(zip((c.case_id for c in stale), _run(_prepare_job, jobs, "preprocessing", workers)))}
+    manifest = pd.DataFrame(
+        [_manifest_row(c, raw_dir, cases[c.case_id]["fingerprint"], written[c.case_id], (digests[c.case_id], digest), values) for c in accepted]
+    )
+    _remove_unlisted(out_dir, set(manifest.image) | set(manifest.label))
+    write_json(out_dir / FINGERPRINT_FILE, {"modality": dataset.modality, "cases": cases})
+    write_json(out_dir / PLAN_FILE, plan)
+    write_csv(out_dir / MANIFEST_FILE, manifest)
     write_json(
         out_dir / "dataset.json",
         {
             "name": dataset.name,
             "raw_dir": str(raw_dir),
             "modality": dataset.modality,
-            "labels": {str(k): v for k, v in sorted(dataset.labels.items())},
-            "preprocess": config.model_dump(),
+            "dimensions": dataset.dimensions,
+            "labels": {str(index): dataset.labels[value] for index, value in enumerate(values)},
+            "label_values": values,
+            "preprocess": plan,
         },
     )
+    log.info("%d cases prepared, %d reused, %d rejected", len(stale), len(accepted) - len(stale), len(rejected))
     return manifest

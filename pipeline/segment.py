@@ -1,68 +1,91 @@
-"""``medseg segment``: label a user's volumes with a trained model, on each input's own grid."""
+"""``medseg segment``: label a user's volumes with a trained model, on each input's own grid.
+
+Inputs are NIfTI, NRRD or MetaImage files, folders of them, or DICOM series folders. A file
+gives a label map of the same name and format; a DICOM series gives ``<folder>.nii.gz``.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from pipeline.dataset import NIFTI_SUFFIXES
-from pipeline.errors import InputError
+from pipeline.errors import InputError, MedsegError
 from pipeline.files import atomic_path
-from pipeline.inference import predict_file
+from pipeline.inference import predict
 from pipeline.model import load_model
+from pipeline.volumes import FILE_SUFFIXES, choose_series, is_nifti, read_image, to_metatensor
 
 log = logging.getLogger(__name__)
 
 
-def input_files(inputs: list[Path]) -> list[Path]:
-    """Files as given, and the NIfTI files inside each folder given."""
-    files: list[Path] = []
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    output_name: str
+    series: str | None = None
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(FILE_SUFFIXES))
+
+
+def find_sources(inputs: list[Path], series: str | None = None) -> list[Source]:
+    """Files as given; the image files inside a folder; or, where a folder holds none, its DICOM series."""
+    sources: list[Source] = []
     for path in map(Path, inputs):
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
-            if not found:
-                raise InputError(f"{path}: folder holds no NIfTI file (.nii, .nii.gz)")
-            files += found
-        elif path.is_file():
-            if not path.name.endswith(NIFTI_SUFFIXES):
-                raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz); other formats are not read yet")
-            files.append(path)
+        if path.is_file():
+            if not path.name.lower().endswith(FILE_SUFFIXES):
+                raise InputError(f"{path}: not a supported image file ({', '.join(FILE_SUFFIXES)}), nor a DICOM series folder")
+            sources.append(Source(path, path.name))
+        elif path.is_dir() and _files_in(path):
+            sources += [Source(p, p.name) for p in _files_in(path)]
+        elif path.is_dir():
+            chosen = choose_series(path, series)
+            suffix = f"_{chosen.description or chosen.index}" if series is not None else ""
+            sources.append(Source(path, f"{path.name}{suffix}.nii.gz".replace(" ", "_"), series))
         else:
             raise InputError(f"{path}: no such file or folder")
-    return files
+    return sources
 
 
-def write_label_map(labels: np.ndarray, source: nib.Nifti1Image, path: Path) -> None:
-    """Save with the source's affine and header, so the result overlays the input exactly."""
-    header = source.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1, 0)
-    image = nib.Nifti1Image(labels, source.affine, header)
-    image.header.set_intent("label")
+def write_label_map(labels: np.ndarray, source: Source, reference: sitk.Image, path: Path) -> None:
+    """NIfTI input: the input's own header; any other input: its geometry, through SimpleITK."""
     with atomic_path(path) as tmp:
-        nib.save(image, tmp)
+        if is_nifti(source.path):
+            original = nib.load(source.path)
+            header = original.header.copy()
+            header.set_data_dtype(np.uint8)
+            header.set_slope_inter(1, 0)
+            image = nib.Nifti1Image(labels, original.affine, header)
+            image.header.set_intent("label")
+            nib.save(image, tmp)
+        else:
+            result = sitk.GetImageFromArray(np.ascontiguousarray(labels.T))
+            result.CopyInformation(reference)
+            sitk.WriteImage(result, str(tmp), useCompression=True)
 
 
-def segment(inputs: list[Path], out_dir: Path, model_path: Path) -> list[tuple[Path, str]]:
-    """Segment every input; returns the inputs that failed, each with its reason."""
-    files = input_files(inputs)
+def segment(inputs: list[Path], out_dir: Path, model_path: Path, series: str | None = None) -> list[tuple[Path, str]]:
+    """Segment every input; returns the inputs that failed, each with its reason.
+    Labels are written with the values the training data used (which need not be 0..K-1)."""
+    sources = find_sources(inputs, series)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model_path, device)
     failures: list[tuple[Path, str]] = []
-    for path in tqdm(files, desc="segmenting", unit="volume"):
+    for source in tqdm(sources, desc="segmenting", unit="volume"):
         try:
-            source = nib.load(path)
-            labels = predict_file(network, description, path, device)
-        except Exception as err:  # one unreadable input must not stop the others
-            failures.append((path, f"{err.__class__.__name__}: {err}"))
+            reference = read_image(source.path, source.series)
+            classes = predict(network, description, to_metatensor(reference), device)
+            labels = np.asarray(description["label_values"], dtype=np.uint8)[classes]
+        except MedsegError as err:
+            failures.append((source.path, str(err)))
             continue
-        if labels.shape != source.shape[:3]:
-            failures.append((path, f"prediction shape {labels.shape} does not match input shape {source.shape}"))
-            continue
-        write_label_map(labels, source, Path(out_dir) / path.name)
+        write_label_map(labels, source, reference, Path(out_dir) / source.output_name)
     return failures

@@ -22,9 +22,11 @@ from tqdm import tqdm
 from pipeline import tracking, transforms
 from pipeline.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipeline.config import Params, flatten
+from pipeline.errors import ConfigError
 from pipeline.files import write_csv, write_json
 from pipeline.inference import sliding_window_logits
 from pipeline.model import build_network, describe, save_model
+from pipeline.plan import median_shape, plan_patch_size
 
 log = logging.getLogger(__name__)
 MODEL_FILE, HISTORY_FILE, RUN_FILE, CHECKPOINT_FILE = "model.pt", "history.csv", "mlflow_run.json", "checkpoint.pt"
@@ -78,18 +80,23 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     dataset_meta = json.loads((prep_dir / "dataset.json").read_text())
+    if dataset_meta["dimensions"] != 3:
+        raise ConfigError(f"{prep_dir}: a {dataset_meta['dimensions']}D dataset; only 3D training is implemented so far")
     labels = dataset_meta["labels"]
     manifest = pd.read_csv(prep_dir / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
     split = json.loads(Path(split_json).read_text())
     train_ids = split["train"][: config.max_train_cases]
 
-    training_transforms = transforms.training(config.patch_size, config.augmentation)
+    fingerprints = [c["fingerprint"] for c in json.loads((prep_dir / "fingerprint.json").read_text())["cases"].values() if "fingerprint" in c]
+    plan = dataset_meta["preprocess"]
+    patch_size = config.patch_size or plan_patch_size(median_shape(fingerprints, plan["spacing"]), levels=len(config.channels))
+    training_transforms = transforms.training(patch_size, config.augmentation)
     train_set = CacheDataset(_case_files(prep_dir, manifest, train_ids), training_transforms, progress=False)
     val_set = CacheDataset(_case_files(prep_dir, manifest, split["validation"]), transforms.validation(), progress=False)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size)
     val_loader = DataLoader(val_set, batch_size=1)
 
-    description = describe(params, labels, dataset_meta["modality"], preprocess=dataset_meta["preprocess"])
+    description = describe(params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"])
     network = build_network(description["network"]).to(device)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -32,6 +32,7 @@ def tiny_params() -> Params:
     """Small enough to train in seconds on a CPU."""
     return Params.model_validate(
         {
+            "preprocess": {"workers": 1},
             "split": {"n_folds": 2},
             "train": {"channels": [4, 8, 16], "num_res_units": 1, "patch_size": [32, 48, 32], "batch_size": 2, "epochs": 2, "val_every": 1},
         }
@@ -39,12 +40,13 @@ def tiny_params() -> Params:
 
 
 HIPPOCAMPUS_LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
+MRI_PLAN = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "crop_foreground": True, "intensity": {"scheme": "zscore"}}
 
 
 @pytest.fixture
 def untrained_model(tiny_params, tmp_path) -> Path:
     """A complete model file with random weights: enough wherever the geometry, not the accuracy, is tested."""
-    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI")
+    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size)
     save_model(tmp_path / "untrained.pt", build_network(description["network"]), description)
     return tmp_path / "untrained.pt"
 

@@ -26,6 +26,6 @@ def test_bad_sources_are_named(tmp_path):
         acquire(str(tmp_path / "nowhere"), tmp_path / "raw")
     with pytest.raises(DatasetError, match="unknown Decathlon task 'Task99_Nothing'"):
         acquire("msd:Task99_Nothing", tmp_path / "raw")
-    with pytest.raises(DatasetError, match="no dataset.json"):
+    with pytest.raises(DatasetError, match="neither the MSD layout"):
         acquire(str(tmp_path), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from pipeline.config import DataConfig
 from pipeline.dataset import DatasetError, read_dataset
 from tests.conftest import SHARED, needs_shared
 
@@ -26,19 +27,35 @@ def test_unlisted_and_missing_files_are_reported_not_used(hippocampus):
     assert "._hippocampus_001" not in reasons
 
 
-def test_entries_outside_the_folder_and_repeats_are_refused(hippocampus):
+def test_entries_outside_the_folder_and_repeats_are_reported(hippocampus):
     meta = json.loads((hippocampus / "dataset.json").read_text())
     meta["training"].append(meta["training"][0])
-    (hippocampus / "dataset.json").write_text(json.dumps(meta))
-    assert any("listed twice" in p.reason for p in read_dataset(hippocampus).problems)
     meta["training"].append({"image": "../../etc/passwd", "label": "./labelsTr/hippocampus_001.nii.gz"})
     (hippocampus / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match="points outside the dataset folder"):
-        read_dataset(hippocampus)
+    dataset = read_dataset(hippocampus)
+    reasons = [p.reason for p in dataset.problems]
+    assert "case 'hippocampus_001' is listed twice in dataset.json" in reasons
+    assert "entry '../../etc/passwd' points outside the dataset folder" in reasons
+    assert len(dataset.cases) == 6
 
 
-def test_a_folder_without_dataset_json_is_named(tmp_path):
-    with pytest.raises(DatasetError, match=f"{tmp_path}: no dataset.json"):
+def test_the_folders_layout_pairs_by_name_across_formats(tmp_path):
+    for folder, names in (("images", ["a.nrrd", "b.nii.gz", "c.mha"]), ("labels", ["a.nii.gz", "b.nii.gz", "d.nrrd"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"")
+    (tmp_path / "images" / "e").mkdir()  # a DICOM series folder
+    (tmp_path / "labels" / "e.nrrd").write_bytes(b"")
+    dataset = read_dataset(tmp_path, DataConfig(labels={0: "background", 1: "organ"}, modality="CT"))
+    assert [(c.case_id, c.image.name, c.label.name) for c in dataset.cases] == [("a", "a.nrrd", "a.nii.gz"), ("b", "b.nii.gz", "b.nii.gz"), ("e", "e", "e.nrrd")]
+    assert {(p.case_id, p.reason) for p in dataset.problems} == {("c", "image has no label"), ("d", "label has no image")}
+    assert dataset.modality == "CT" and dataset.labels == {0: "background", 1: "organ"}
+    with pytest.raises(DatasetError, match="needs data.labels and data.modality"):
+        read_dataset(tmp_path)
+
+
+def test_a_folder_in_no_known_layout_is_named(tmp_path):
+    with pytest.raises(DatasetError, match=f"{tmp_path}: neither the MSD layout"):
         read_dataset(tmp_path)
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not a valid MSD dataset.json"):

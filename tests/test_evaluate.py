@@ -22,7 +22,7 @@ def test_dice_per_class_on_known_overlaps():
 
 def test_evaluate_writes_per_case_summary_and_plot(hippocampus, tiny_params, untrained_model, tmp_path):
     prep = tmp_path / "prep"
-    preprocess(hippocampus, prep, tiny_params.preprocess)
+    preprocess(hippocampus, prep, tiny_params.data, tiny_params.preprocess)
     split(prep / "manifest.csv", tmp_path / "split.json", tiny_params.split, tiny_params.seed)
     summary = evaluate(untrained_model, prep, tmp_path / "split.json", tmp_path / "reports")
     per_case = pd.read_csv(tmp_path / "reports" / "per_case.csv")

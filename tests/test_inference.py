@@ -4,31 +4,39 @@ import pytest
 import torch
 
 from pipeline.config import Params
-from pipeline.inference import predict_file
+from pipeline.inference import predict
 from pipeline.model import build_network, describe
+from pipeline.volumes import read_image, to_metatensor
 from tests.conftest import HIPPOCAMPUS_LABELS, synthetic_pair, write_volume
 
 
 class OracleOfBrightness(torch.nn.Module):
-    """Labels bright voxels 1: a fixed 'network' whose correct output is known."""
+    """Labels voxels over one deviation above the mean 1: a fixed 'network' whose correct output is known."""
 
     def forward(self, x):
-        return torch.cat([-x, x, torch.full_like(x, -10)], dim=1)
+        return torch.cat([1 - x, x - 1, torch.full_like(x, -10)], dim=1)
 
 
-def _description(spacing=None, orientation="RAS", patch=(32, 32, 32)):
-    params = Params.model_validate({"preprocess": {"spacing": spacing, "orientation": orientation}, "train": {"patch_size": list(patch)}})
-    return describe(params, HIPPOCAMPUS_LABELS, "MRI")
+def _description(spacing=None, crop=False, patch=(32, 32, 32)):
+    plan = {"orientation": "RAS", "spacing": spacing or [1.0, 1.0, 1.0], "crop_foreground": crop, "intensity": {"scheme": "zscore"}}
+    return describe(Params(), HIPPOCAMPUS_LABELS, "MRI", plan, list(patch))
 
 
+def _predict(network, description, path):
+    return predict(network, description, to_metatensor(read_image(path)), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("crop", [False, True], ids=["whole", "cropped"])
 @pytest.mark.parametrize("spacing", [None, [1.5, 1.5, 2.0]])
 @pytest.mark.parametrize("axcodes_affine", [np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-0.9, -0.9, 1.3, 1.0])], ids=["RAS", "LPS"])
-def test_prediction_lands_on_the_input_grid(tmp_path, spacing, axcodes_affine):
+def test_prediction_lands_on_the_input_grid(tmp_path, spacing, axcodes_affine, crop):
     image, truth = synthetic_pair(shape=(45, 38, 29))
+    image[:5], truth[:5] = 0, 0  # a zero border for the foreground crop to remove
     affine = axcodes_affine.copy()
     affine[:3, 3] = [10, -20, 5]
     path = write_volume(tmp_path / "input.nii.gz", image, affine)
-    labels = predict_file(OracleOfBrightness(), _description(spacing), path, torch.device("cpu"))
+    native = np.abs(np.diag(axcodes_affine))[:3].tolist()
+    labels = _predict(OracleOfBrightness(), _description(spacing or native, crop), path)
     assert labels.shape == nib.load(path).shape and labels.dtype == np.uint8
     # a correct model stays correct after reorientation, resampling and the way back
     agreement = ((labels > 0) == (truth > 0)).mean()
@@ -39,5 +47,5 @@ def test_a_volume_smaller_than_the_patch_is_padded_and_cropped_back(tmp_path):
     image, _ = synthetic_pair(shape=(20, 24, 18))
     path = write_volume(tmp_path / "small.nii.gz", image)
     network = build_network(_description()["network"]).eval()
-    labels = predict_file(network, _description(), path, torch.device("cpu"))
+    labels = _predict(network, _description(), path)
     assert labels.shape == (20, 24, 18) and set(np.unique(labels)) <= {0, 1, 2}

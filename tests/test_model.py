@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from pipeline.model import ModelError, build_network, describe, load_model, save_model
-from tests.conftest import HIPPOCAMPUS_LABELS
+from tests.conftest import HIPPOCAMPUS_LABELS, MRI_PLAN
 
 
 def test_the_model_file_carries_what_inference_needs(tiny_params, tmp_path):
-    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI")
+    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size)
     network = build_network(description["network"])
     save_model(tmp_path / "model.pt", network, description)
     # weights_only: the file holds tensors and plain types only

@@ -2,7 +2,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.segment import InputError, input_files, segment
+from pipeline.segment import InputError, find_sources, segment
+from pipeline.volumes import convert, read_image
 from tests.conftest import HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volume
 
 
@@ -32,12 +33,34 @@ def test_a_broken_input_is_reported_and_the_others_written(untrained_model, tmp_
 
 def test_inputs_that_name_nothing_to_segment_are_refused(tmp_path):
     with pytest.raises(InputError, match="no such file or folder"):
-        input_files([tmp_path / "absent.nii.gz"])
-    with pytest.raises(InputError, match="folder holds no NIfTI file"):
-        input_files([tmp_path])
-    (tmp_path / "scan.png").write_bytes(b"")
-    with pytest.raises(InputError, match="scan.png: not a NIfTI file"):
-        input_files([tmp_path / "scan.png"])
+        find_sources([tmp_path / "absent.nii.gz"])
+    with pytest.raises(InputError, match="no DICOM series found"):
+        find_sources([tmp_path])
+    (tmp_path / "notes.txt").write_bytes(b"")
+    with pytest.raises(InputError, match="notes.txt: not a supported image file"):
+        find_sources([tmp_path / "notes.txt"])
+
+
+def test_an_nrrd_input_gives_an_nrrd_label_map_on_its_grid(untrained_model, tmp_path):
+    source = convert(HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_177.nii.gz", tmp_path / "in" / "case.nrrd")
+    assert segment([tmp_path / "in" / "case.nrrd"], tmp_path / "out", untrained_model) == []
+    written = read_image(tmp_path / "out" / "case.nrrd")
+    assert written.GetSize() == source.GetSize() and written.GetPixelIDTypeAsString() == "8-bit unsigned integer"
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin())
+    np.testing.assert_allclose(written.GetDirection(), source.GetDirection())
+
+
+@needs_shared
+def test_a_dicom_series_chosen_from_a_study_gives_a_nifti_on_its_grid(untrained_model, tmp_path):
+    study = SHARED / "dicom" / "mr-study"
+    with pytest.raises(InputError, match="holds 5 series; choose one with --series"):
+        segment([study], tmp_path, untrained_model)
+    assert segment([study], tmp_path, untrained_model, series="HippoCrop") == []
+    written = read_image(tmp_path / "mr-study_HippoCrop.nii.gz")
+    source = read_image(study, "HippoCrop")
+    assert written.GetSize() == source.GetSize() == (34, 50, 40)
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), source.GetDirection(), atol=1e-6)
 
 
 @needs_shared
@@ -48,3 +71,14 @@ def test_the_real_image_without_label_is_segmented_on_its_grid(untrained_model, 
     written, original = nib.load(tmp_path / source.name), nib.load(source)
     assert written.shape == original.shape
     np.testing.assert_array_equal(written.affine, original.affine)
+
+
+def test_labels_are_written_with_the_values_of_the_training_data(tiny_params, tmp_path):
+    from pipeline.model import build_network, describe, save_model
+    from tests.conftest import HIPPOCAMPUS_LABELS, MRI_PLAN
+
+    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size, label_values=[0, 10, 20])
+    save_model(tmp_path / "model.pt", build_network(description["network"]), description)
+    source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_252.nii.gz"
+    assert segment([source], tmp_path / "out", tmp_path / "model.pt") == []
+    assert set(np.unique(np.asanyarray(nib.load(tmp_path / "out" / source.name).dataobj))) <= {0, 10, 20}
