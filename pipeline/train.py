@@ -121,6 +121,8 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
             mlflow.log_params(flatten(params))
             mlflow.set_tags({**tracking.provenance_tags(), "dataset": dataset_meta["name"]})
             tracking.log_dataset(manifest.reset_index(), source=prep_dir, name=dataset_meta["name"])
+            for record in ("fingerprint.json", "plan.json", "validation.csv"):
+                mlflow.log_artifact(str(prep_dir / record), artifact_path="data")
         write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
         started = time.monotonic()
         for epoch in range(first_epoch, config.epochs + 1):

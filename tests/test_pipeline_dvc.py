@@ -70,7 +70,8 @@ def test_the_run_is_in_mlflow_with_provenance(project):
     raw_hash = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["acquire"]["outs"][0]["md5"]
     assert logged.data.tags["dvc.raw_data_md5"] == raw_hash
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
-    assert {"model", "evaluation", "history.csv"} <= artifacts
+    assert {"model", "evaluation", "history.csv", "data"} <= artifacts
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "data")} == {"data/fingerprint.json", "data/plan.json", "data/validation.csv"}
 
 
 def test_segment_writes_labels_on_the_grid_of_an_unseen_case(project, tmp_path):
