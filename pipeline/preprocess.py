@@ -105,11 +105,24 @@ def _remove_unlisted(out_dir: Path, listed: set[str]) -> None:
                 path.unlink()
 
 
-def _previous(path: Path) -> dict[str, Any]:
+def _previous_fingerprints(path: Path) -> dict[str, Any]:
+    """Per-case results of an earlier run; nothing, if there is none or it is unreadable or of another version."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        cases = json.loads(path.read_text())["cases"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         return {}
+    return {case_id: entry for case_id, entry in cases.items() if isinstance(entry, dict) and {"digest", "status", "file", "reason"} <= entry.keys()}
+
+
+def _earlier_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier run's manifest by case; nothing, if it lacks what reuse needs."""
+    try:
+        manifest = pd.read_csv(path, dtype={"case_id": str}, keep_default_na=False)
+    except (FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+    if not {"case_id", "input_digest", "plan_digest", *WRITTEN_COLUMNS} <= set(manifest.columns):
+        return {}
+    return manifest.set_index("case_id").to_dict("index")
 
 
 def _validate_and_fingerprint(dataset: Dataset, digests: dict[str, str], previous: dict[str, Any], workers: int) -> dict[str, Any]:
@@ -149,7 +162,7 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     values = sorted(dataset.labels)
     digests = {case.case_id: input_digest(case) for case in dataset.cases}
 
-    cases = _validate_and_fingerprint(dataset, digests, _previous(out_dir / FINGERPRINT_FILE).get("cases", {}), workers)
+    cases = _validate_and_fingerprint(dataset, digests, _previous_fingerprints(out_dir / FINGERPRINT_FILE), workers)
     report = _report(dataset, cases)
     write_csv(out_dir / VALIDATION_FILE, report)
     rejected = report[report.status == "rejected"]
@@ -163,7 +176,7 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
 
     plan = plan_preprocessing([cases[c.case_id]["fingerprint"] for c in accepted], dataset.modality, config)
     digest = plan_digest(plan)
-    earlier = pd.read_csv(out_dir / MANIFEST_FILE, dtype={"case_id": str}).set_index("case_id").to_dict("index") if (out_dir / MANIFEST_FILE).is_file() else {}
+    earlier = _earlier_manifest(out_dir / MANIFEST_FILE)
 
     def up_to_date(case: Case) -> bool:
         row = earlier.get(case.case_id)

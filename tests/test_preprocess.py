@@ -138,3 +138,14 @@ def test_declared_label_values_become_class_indices(hippocampus, tmp_path):
     described = json.loads((out / "dataset.json").read_text())
     assert described["label_values"] == [0, 10, 20] and described["labels"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
     assert manifest.voxels_10[0] > 0
+
+
+def test_outputs_of_another_version_are_redone_not_trusted(hippocampus, tmp_path):
+    out = tmp_path / "prep"
+    out.mkdir()
+    pd.DataFrame({"case_id": ["hippocampus_001"], "image": ["images/hippocampus_001.nii.gz"]}).to_csv(out / "manifest.csv", index=False)
+    (out / "fingerprint.json").write_text('{"cases": {"hippocampus_001": {"digest": "x"}}}')
+    manifest = preprocess(hippocampus, out, DataConfig(), SERIAL)
+    assert len(manifest) == 6 and (out / manifest.image[0]).is_file()
+    (out / "fingerprint.json").write_text("{truncated")
+    assert preprocess(hippocampus, out, DataConfig(), SERIAL).equals(manifest)
