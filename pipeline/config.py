@@ -61,19 +61,42 @@ class AugmentationConfig(_Section):
     gamma_prob: float = Field(0.15, ge=0, le=1)
 
 
+class LossConfig(_Section):
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term in dice_ce and dice_focal.")
+    ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy (or focal) term in dice_ce and dice_focal.")
+    focal_gamma: float = Field(2.0, ge=0)
+    tversky_alpha: float = Field(0.3, ge=0, le=1, description="Weight of false positives.")
+    tversky_beta: float = Field(0.7, ge=0, le=1, description="Weight of false negatives.")
+    class_weights: list[float] | None = Field(None, description="Per class, background first: dice_ce, focal and weighted_ce.")
+
+
 class TrainConfig(_Section):
-    network: Literal["unet"] = "unet"
-    channels: list[int] = [16, 32, 64, 128]
-    num_res_units: int = 2
+    network: Literal["unet", "dynunet", "basicunet"] = Field("unet", description="MONAI UNet, DynUNet (nnU-Net-like) or BasicUNet.")
+    channels: list[int] = Field([16, 32, 64, 128], description="Features per level; basicunet takes five.")
+    num_res_units: int = Field(2, ge=0, description="unet: residual units per level; dynunet: residual blocks if > 0.")
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
+    deep_supervision: bool = Field(False, description="dynunet: a loss on lower-resolution heads too.")
     patch_size: list[int] | None = Field(None, description="null: planned from the dataset fingerprint.")
-    loss: Literal["dice_ce"] = "dice_ce"
+    loss: Literal["dice_ce", "dice_focal", "focal", "tversky", "generalized_dice", "jaccard", "weighted_ce"] = "dice_ce"
+    loss_options: LossConfig = LossConfig()
     batch_size: int = 4
     epochs: int = 50
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="sgd: with Nesterov momentum.")
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
-    val_every: int = Field(5, ge=1, description="Validate every N epochs and keep the best model.")
+    momentum: float = Field(0.99, ge=0, lt=1, description="sgd only.")
+    schedule: Literal["cosine", "poly", "step", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up before the schedule.")
+    poly_power: float = 0.9
+    step_epochs: int = Field(30, ge=1, description="step: epochs between decays.")
+    step_gamma: float = Field(0.1, gt=0, description="step: the factor of each decay.")
+    val_every: int = Field(5, ge=1, description="Validate every N epochs (and after the last).")
+    keep: Literal["last", "best"] = Field("last", description="Which weights the model file gets: the last epoch's, or the best validated.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many validations without a better Dice.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop once training has taken this long (not reproducible across machines).")
+    amp: bool = Field(False, description="Mixed precision, on CUDA only.")
+    compile: bool = Field(False, description="torch.compile, on CUDA only.")
     max_train_cases: int | None = Field(None, description="Train on at most this many cases (smoke runs).")
     augmentation: AugmentationConfig = AugmentationConfig()
 

@@ -11,28 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets import BasicUNet, DynUNet, UNet
 
 from pipeline.config import Params
-from pipeline.errors import ModelError
+from pipeline.errors import ConfigError, ModelError
 from pipeline.files import atomic_path
 
 MODEL_FORMAT = "medseg-model/1"
-
-
-def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[str, Any]:
-    train = params.train
-    return {
-        "name": train.network,
-        "spatial_dims": spatial_dims,
-        "in_channels": 1,
-        "out_channels": n_classes,
-        "channels": list(train.channels),
-        "strides": [2] * (len(train.channels) - 1),
-        "num_res_units": train.num_res_units,
-        "norm": train.norm,
-        "dropout": train.dropout,
-    }
 
 
 def describe(
@@ -51,11 +36,38 @@ def describe(
     }
 
 
+def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[str, Any]:
+    train = params.train
+    levels = len(train.channels)
+    spec: dict[str, Any] = {"name": train.network, "spatial_dims": spatial_dims, "in_channels": 1, "out_channels": n_classes}
+    if train.network == "unet":
+        spec.update(channels=list(train.channels), strides=[2] * (levels - 1), num_res_units=train.num_res_units, norm=train.norm, dropout=train.dropout)
+    elif train.network == "dynunet":
+        spec.update(
+            kernel_size=[3] * levels,
+            strides=[1] + [2] * (levels - 1),
+            upsample_kernel_size=[2] * (levels - 1),
+            filters=list(train.channels),
+            norm_name=train.norm,
+            dropout=train.dropout,
+            deep_supervision=train.deep_supervision,
+            deep_supr_num=max(1, min(2, levels - 2)) if train.deep_supervision else 1,
+            res_block=train.num_res_units > 0,
+        )
+    else:  # basicunet: five levels, the last channel count repeated for the top decoder
+        if levels != 5:
+            raise ConfigError(f"train.channels: basicunet takes 5 channel counts, got {levels}")
+        spec.update(features=[*train.channels, train.channels[0]], norm=train.norm, dropout=train.dropout)
+    return spec
+
+
+NETWORKS = {"unet": UNet, "dynunet": DynUNet, "basicunet": BasicUNet}
+
+
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:
-    if spec["name"] != "unet":
-        raise ModelError(f"unknown network '{spec['name']}'")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    return UNet(**kwargs)
+    if spec["name"] not in NETWORKS:
+        raise ModelError(f"unknown network '{spec['name']}'; known: {', '.join(NETWORKS)}")
+    return NETWORKS[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
 
 
 def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+import math
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,6 @@ import mlflow
 import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader
-from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
@@ -21,15 +23,31 @@ from tqdm import tqdm
 
 from pipeline import tracking, transforms
 from pipeline.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from pipeline.config import Params, flatten
+from pipeline.config import Params, TrainConfig, flatten
 from pipeline.errors import ConfigError
 from pipeline.files import write_csv, write_json
 from pipeline.inference import sliding_window_logits
+from pipeline.losses import build_loss
 from pipeline.model import build_network, describe, save_model
+from pipeline.optim import build_optimizer, build_schedule
 from pipeline.plan import median_shape, plan_patch_size
 
 log = logging.getLogger(__name__)
 MODEL_FILE, HISTORY_FILE, RUN_FILE, CHECKPOINT_FILE = "model.pt", "history.csv", "mlflow_run.json", "checkpoint.pt"
+
+
+@dataclass
+class Progress:
+    """Where training stands, besides the modules' own states; saved in every checkpoint."""
+
+    epoch: int = 0
+    minutes: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_dice: float = -math.inf
+    best_epoch: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    validations_since_best: int = 0
+    stopped: str = ""
 
 
 def _case_files(prep_dir: Path, manifest: pd.DataFrame, case_ids: list[str]) -> list[dict[str, str]]:
@@ -59,18 +77,36 @@ def validation_dice(network: torch.nn.Module, loader: DataLoader, description: d
     return metric.aggregate().cpu()
 
 
-def train_one_epoch(network: torch.nn.Module, batches: tqdm, loss_function, optimizer, device: torch.device) -> float:
-    """One pass over the training data; returns the mean loss."""
+def train_one_epoch(network, batches: tqdm, loss_function, optimizer, scaler: torch.amp.GradScaler, device: torch.device) -> float:
+    """One pass over the training data, in mixed precision where the scaler is enabled; returns the mean loss."""
     network.train()
     losses = []
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(batch["image"].to(device)), batch["label"].to(device))
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device.type, enabled=scaler.is_enabled()):
+            loss = loss_function(network(batch["image"].to(device)), batch["label"].to(device))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.item())
         batches.set_postfix(loss=f"{loss.item():.4f}")
     return sum(losses) / len(losses)
+
+
+def _stop_reason(progress: Progress, config: TrainConfig) -> str:
+    if config.max_minutes is not None and progress.minutes >= config.max_minutes:
+        return f"time budget of {config.max_minutes} minutes reached"
+    if config.early_stopping_patience is not None and progress.validations_since_best >= config.early_stopping_patience:
+        return f"no better validation Dice in {config.early_stopping_patience} validations"
+    return ""
+
+
+def _record_validation(progress: Progress, dice: float, network: torch.nn.Module) -> None:
+    if dice > progress.best_dice:
+        progress.best_dice, progress.best_epoch, progress.validations_since_best = dice, progress.epoch, 0
+        progress.best_weights = copy.deepcopy(network.state_dict())
+    else:
+        progress.validations_since_best += 1
 
 
 def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> dict[str, Any]:
@@ -89,7 +125,8 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
 
     fingerprints = [c["fingerprint"] for c in json.loads((prep_dir / "fingerprint.json").read_text())["cases"].values() if "fingerprint" in c]
     plan = dataset_meta["preprocess"]
-    patch_size = config.patch_size or plan_patch_size(median_shape(fingerprints, plan["spacing"]), levels=len(config.channels))
+    levels = len(config.channels) if config.network != "basicunet" else 5
+    patch_size = config.patch_size or plan_patch_size(median_shape(fingerprints, plan["spacing"]), levels=levels)
     training_transforms = transforms.training(patch_size, config.augmentation)
     train_set = CacheDataset(_case_files(prep_dir, manifest, train_ids), training_transforms, progress=False)
     val_set = CacheDataset(_case_files(prep_dir, manifest, split["validation"]), transforms.validation(), progress=False)
@@ -98,69 +135,82 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
 
     description = describe(params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"])
     network = build_network(description["network"]).to(device)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    loss_function = build_loss(config.loss, config.loss_options, deep_supervision=config.network == "dynunet" and config.deep_supervision).to(device)
+    optimizer = build_optimizer(network.parameters(), config)
+    scheduler = build_schedule(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    step_network = torch.compile(network) if config.compile and device.type == "cuda" else network
 
     checkpoint_path = out_dir / CHECKPOINT_FILE
     fingerprint = _fingerprint(params, prep_dir / "manifest.csv", Path(split_json))
     state = load_checkpoint(checkpoint_path, fingerprint)
-    history: list[dict[str, float]] = []
-    first_epoch, run_id = 1, None
+    progress, run_id = Progress(), None
     if state:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"], training_transforms)
-        history, first_epoch, run_id = state["history"], state["epoch"] + 1, state["mlflow_run_id"]
-        log.warning("resuming from %s at epoch %d", checkpoint_path, first_epoch)
+        progress, run_id = Progress(**state["progress"]), state["mlflow_run_id"]
+        log.warning("resuming from %s after epoch %d", checkpoint_path, progress.epoch)
 
     foreground = [name for key, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if key != "0"]
     with tracking.start(params.mlflow.experiment, run_id=run_id) as run:
         if state is None:
             mlflow.log_params(flatten(params))
-            mlflow.set_tags({**tracking.provenance_tags(), "dataset": dataset_meta["name"]})
+            mlflow.set_tags({**tracking.provenance_tags(), "dataset": dataset_meta["name"], "device": device.type})
             tracking.log_dataset(manifest.reset_index(), source=prep_dir, name=dataset_meta["name"])
             for record in ("fingerprint.json", "plan.json", "validation.csv"):
                 mlflow.log_artifact(str(prep_dir / record), artifact_path="data")
         write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
-        started = time.monotonic()
-        for epoch in range(first_epoch, config.epochs + 1):
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
-            mean_loss = train_one_epoch(network, bar, loss_function, optimizer, device)
+        while progress.epoch < config.epochs and not progress.stopped:
+            started = time.monotonic()
+            progress.epoch += 1
+            bar = tqdm(train_loader, desc=f"epoch {progress.epoch}/{config.epochs}", unit="batch", leave=False)
+            mean_loss = train_one_epoch(step_network, bar, loss_function, optimizer, scaler, device)
             scheduler.step()
-            record: dict[str, float] = {"epoch": epoch, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
-            if epoch % config.val_every == 0 or epoch == config.epochs:
+            progress.minutes += (time.monotonic() - started) / 60
+            record: dict[str, float] = {"epoch": progress.epoch, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
+            last = progress.epoch == config.epochs or bool(_stop_reason(progress, config))
+            if progress.epoch % config.val_every == 0 or last:
                 dice = validation_dice(network, val_loader, description, device)
                 record.update({f"val_dice_{name}": float(d) for name, d in zip(foreground, dice)})
                 record["val_dice_mean"] = float(dice.nanmean())
-            history.append(record)
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-            write_csv(out_dir / HISTORY_FILE, pd.DataFrame(history))
+                _record_validation(progress, record["val_dice_mean"], network)
+            progress.history.append(record)
+            progress.stopped = _stop_reason(progress, config)
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=progress.epoch)
+            log.info("epoch %d: %s", progress.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+            write_csv(out_dir / HISTORY_FILE, pd.DataFrame(progress.history))
             save_checkpoint(
                 checkpoint_path,
                 {
                     "fingerprint": fingerprint,
-                    "epoch": epoch,
                     "network": network.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "rng": rng_state(training_transforms),
-                    "history": history,
+                    "progress": asdict(progress),
                     "mlflow_run_id": run.info.run_id,
                 },
             )
+        if progress.stopped:
+            log.warning("stopped after epoch %d: %s", progress.epoch, progress.stopped)
+        if config.keep == "best" and progress.best_weights is not None:
+            network.load_state_dict(progress.best_weights)
         description["provenance"] = {
             "mlflow_run_id": run.info.run_id,
             "git_commit": tracking.git_commit()[0],
-            "epochs": config.epochs,
-            "final_val_dice": {k: v for k, v in history[-1].items() if k.startswith("val_dice")},
+            "epochs": progress.epoch,
+            "kept": f"best (epoch {progress.best_epoch})" if config.keep == "best" else "last",
+            "stopped": progress.stopped,
+            "final_val_dice": {k: v for k, v in progress.history[-1].items() if k.startswith("val_dice")},
             "params": params.model_dump(),
         }
         save_model(out_dir / MODEL_FILE, network, description)
         mlflow.log_artifact(str(out_dir / MODEL_FILE), artifact_path="model")
         mlflow.log_artifact(str(out_dir / HISTORY_FILE))
-        mlflow.log_metric("train_minutes", (time.monotonic() - started) / 60)
+        mlflow.log_metrics({"train_minutes": progress.minutes, "best_val_dice_mean": progress.best_dice, "best_epoch": progress.best_epoch})
     checkpoint_path.unlink()  # the run is complete; a later run must not resume from it
-    return history[-1]
+    return progress.history[-1]

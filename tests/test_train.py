@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import pandas as pd
@@ -7,6 +12,7 @@ import torch
 
 import pipeline.train as training
 from pipeline.checkpoint import CheckpointError
+from pipeline.config import params_yaml
 from pipeline.model import load_model
 from pipeline.preprocess import preprocess
 from pipeline.split import split
@@ -86,3 +92,68 @@ def test_a_checkpoint_from_other_params_is_refused_not_silently_restarted(prepar
     (prepared / "models" / "checkpoint.pt").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="cannot be read"):
         _train(prepared, tiny_params, "models")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"network": "dynunet", "deep_supervision": True, "loss": "dice_focal", "optimizer": "sgd", "schedule": "poly", "warmup_epochs": 1},
+        {"network": "basicunet", "channels": [4, 4, 8, 8, 8], "patch_size": [32, 48, 32], "loss": "tversky", "optimizer": "adam", "schedule": "step"},
+        {"loss": "weighted_ce", "loss_options": {"class_weights": [0.1, 1.0, 1.0]}, "augmentation": {"elastic_prob": 1.0, "affine_prob": 1.0}},
+    ],
+    ids=["dynunet-deep-supervision", "basicunet", "weighted-ce-heavy-augmentation"],
+)
+def test_network_loss_and_schedule_options_train(prepared, tiny_params, options):
+    params = _with(tiny_params, epochs=2, **options)
+    final = _train(prepared, params, "models")
+    assert 0 <= final["val_dice_mean"] <= 1
+    network, description = load_model(prepared / "models" / "model.pt")
+    assert description["network"]["name"] == params.train.network
+
+
+def _with(params, **train):
+    return type(params).model_validate({**params.model_dump(), "train": {**params.train.model_dump(), **train}})
+
+
+def test_early_stopping_keeps_the_best_validated_weights(prepared, tiny_params):
+    params = _with(tiny_params, epochs=6, val_every=1, learning_rate=0.0, early_stopping_patience=1, keep="best")
+    _train(prepared, params, "models")  # no learning: the second validation is no better than the first
+    history = pd.read_csv(prepared / "models" / "history.csv")
+    assert list(history.epoch) == [1, 2]
+    provenance = load_model(prepared / "models" / "model.pt")[1]["provenance"]
+    assert provenance["kept"] == "best (epoch 1)" and "no better validation Dice in 1 validations" in provenance["stopped"]
+
+
+def test_a_time_budget_ends_training_with_a_validation(prepared, tiny_params):
+    _train(prepared, _with(tiny_params, epochs=50, val_every=10, max_minutes=1e-6), "models")
+    history = pd.read_csv(prepared / "models" / "history.csv")
+    assert list(history.epoch) == [1] and not pd.isna(history.val_dice_mean[0])
+    assert "time budget" in load_model(prepared / "models" / "model.pt")[1]["provenance"]["stopped"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_the_same_command_reaches_the_same_model(prepared, tiny_params):
+    params = _with(tiny_params, epochs=5, val_every=1)
+    (prepared / "params.yaml").write_text(params_yaml(params))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{prepared / 'mlflow.db'}"}
+
+    def command(out):
+        return [sys.executable, "-m", "pipeline", "train", "prep", "split.json", out, "-p", "params.yaml"]
+
+    subprocess.run(command("whole"), cwd=prepared, env=env, check=True, capture_output=True)
+    victim = subprocess.Popen(command("killed"), cwd=prepared, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = prepared / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    assert victim.poll() is None, "training ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    epochs_done = torch.load(checkpoint, weights_only=True)["progress"]["epoch"]
+    assert 1 <= epochs_done < 5
+    resumed = subprocess.run(command("killed"), cwd=prepared, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from killed/checkpoint.pt after epoch {epochs_done}" in resumed.stderr
+    expected, got = _weights(prepared / "whole" / "model.pt"), _weights(prepared / "killed" / "model.pt")
+    assert all(torch.allclose(expected[k], got[k]) for k in expected)
+    assert pd.read_csv(prepared / "whole" / "history.csv").equals(pd.read_csv(prepared / "killed" / "history.csv"))
