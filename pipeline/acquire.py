@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.dataset import LAYOUT_PARTS, layout_of
+from pipeline.config import DataConfig
+from pipeline.dataset import layout_parts
 from pipeline.errors import DatasetError
 
 MSD_PREFIX = "msd:"
@@ -31,23 +32,24 @@ def _download_msd(task: str, staging: Path) -> Path:
     return staging / task
 
 
-def _dataset_files(source: Path) -> list[Path]:
+def _dataset_files(source: Path, config: DataConfig) -> list[Path]:
     files = []
-    for part in LAYOUT_PARTS[layout_of(source)]:
+    for part in layout_parts(source, config):
         path = source / part
         files += [path] if path.is_file() else sorted(path.rglob("*"))
     return [p for p in files if p.is_file() and not p.name.startswith(".")]
 
 
-def _copy_dataset(source: Path, target: Path) -> None:
-    for path in tqdm(_dataset_files(source), desc=f"copying {source}", unit="file"):
+def _copy_dataset(source: Path, target: Path, config: DataConfig) -> None:
+    for path in tqdm(_dataset_files(source, config), desc=f"copying {source}", unit="file"):
         destination = target / path.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, destination)
 
 
-def acquire(source: str, out_dir: Path) -> None:
-    """Fill ``out_dir`` from ``source``; it appears only once complete."""
+def acquire(config: DataConfig, out_dir: Path) -> None:
+    """Fill ``out_dir`` from ``config.source``; it appears only once complete."""
+    source = config.source
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging:
@@ -59,7 +61,7 @@ def acquire(source: str, out_dir: Path) -> None:
             if not origin.is_dir():
                 raise DatasetError(f"data.source: '{source}' is neither '{MSD_PREFIX}TaskNN_Name' nor an existing folder")
         complete = staging / "dataset"
-        _copy_dataset(origin, complete)
+        _copy_dataset(origin, complete, config)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         complete.rename(out_dir)

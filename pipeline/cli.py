@@ -38,7 +38,7 @@ def acquire(out_dir: Path, params: ParamsOption = Path("params.yaml")) -> None:
     """Copy or download the raw dataset named by data.source into OUT_DIR."""
     from pipeline.acquire import acquire as run
 
-    run(load_params(params).data.source, out_dir)
+    run(load_params(params).data, out_dir)
 
 
 @app.command()

@@ -27,6 +27,8 @@ class DataConfig(_Section):
     labels: dict[int, str] | None = Field(None, description="Label value -> name; required for the images/labels layout.")
     modality: str | None = Field(None, description="'CT', 'MRI', ...; required for the images/labels layout.")
     dimensions: Literal[2, 3] = Field(3, description="Of the images/labels layout; MSD datasets say it in dataset.json.")
+    images_folder: str = Field("images", description="Of the images/labels layout, relative to the dataset folder.")
+    labels_folder: str = Field("labels", description="Of the images/labels layout, relative to the dataset folder.")
 
 
 class PreprocessConfig(_Section):
@@ -71,6 +73,7 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
+    mode: Literal["auto", "2d"] = Field("auto", description="auto: the data's own dimensionality; 2d: slice-wise training on 3D data.")
     network: Literal["unet", "dynunet", "basicunet"] = Field("unet", description="MONAI UNet, DynUNet (nnU-Net-like) or BasicUNet.")
     channels: list[int] = Field([16, 32, 64, 128], description="Features per level; basicunet takes five.")
     num_res_units: int = Field(2, ge=0, description="unet: residual units per level; dynunet: residual blocks if > 0.")

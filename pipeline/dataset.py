@@ -76,7 +76,7 @@ def _pair(images: dict[str, Path], labels: dict[str, Path]) -> tuple[list[Case],
 def _read_folders(root: Path, config: DataConfig) -> Dataset:
     if not config.labels or not config.modality:
         raise DatasetError(f"{root}: the images/labels layout needs data.labels and data.modality in params")
-    cases, problems = _pair(_entries(root / "images"), _entries(root / "labels"))
+    cases, problems = _pair(_entries(root / config.images_folder), _entries(root / config.labels_folder))
     labels = {int(k): v for k, v in config.labels.items()}
     return Dataset(root, root.name, config.modality, labels, config.dimensions, cases, problems)
 
@@ -116,21 +116,25 @@ def _read_msd(root: Path) -> Dataset:
     return Dataset(root, str(meta.get("name", root.name)), modality, labels, dimensions, cases, problems)
 
 
-LAYOUT_PARTS = {"msd": ("dataset.json", "imagesTr", "labelsTr", "imagesTs"), "folders": ("images", "labels")}
+MSD_PARTS = ("dataset.json", "imagesTr", "labelsTr", "imagesTs")
 
 
-def layout_of(root: Path) -> str:
-    """'msd' or 'folders'; raises DatasetError for anything else."""
+def layout_parts(root: Path, config: DataConfig | None = None) -> tuple[str, ...]:
+    """What a dataset consists of: the MSD files and folders, or the images and labels folders;
+    raises DatasetError for a folder that is neither."""
+    config = config or DataConfig()
     if (root / "dataset.json").is_file():
-        return "msd"
-    if (root / "images").is_dir():
-        return "folders"
-    raise DatasetError(f"{root}: neither the MSD layout (dataset.json, imagesTr/, labelsTr/) nor images/ and labels/ folders")
+        return MSD_PARTS
+    if (root / config.images_folder).is_dir():
+        return (config.images_folder, config.labels_folder)
+    raise DatasetError(
+        f"{root}: neither the MSD layout (dataset.json, imagesTr/, labelsTr/) nor {config.images_folder}/ and {config.labels_folder}/ folders"
+    )
 
 
 def read_dataset(root: Path | str, config: DataConfig | None = None) -> Dataset:
     root = Path(root).resolve()
-    if layout_of(root) == "msd":
+    if layout_parts(root, config) == MSD_PARTS:
         dataset = _read_msd(root)
     else:
         dataset = _read_folders(root, config or DataConfig())

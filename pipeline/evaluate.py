@@ -60,13 +60,14 @@ def evaluate(model_path: Path, prep_dir: Path, split_json: Path, out_dir: Path, 
     for case_id in tqdm(validation, desc="evaluating", unit="case"):
         _, truth, prediction = image_truth_prediction(case_id)
         scores = dice_per_class(prediction, truth, len(labels))
-        rows.append({"case_id": case_id, **{f"dice_{c}": s for c, s in zip(classes, scores)}})
+        rows.append({"case_id": case_id, **{f"dice_{c}": s for c, s in zip(classes, scores)}, "pixel_error": float((prediction != truth).mean())})
     per_case = pd.DataFrame(rows)
-    per_case["dice_mean"] = per_case[[f"dice_{c}" for c in classes]].mean(axis=1)
+    per_case.insert(len(classes) + 1, "dice_mean", per_case[[f"dice_{c}" for c in classes]].mean(axis=1))
     summary = {
         "n_cases": len(per_case),
         "dice_mean": float(per_case["dice_mean"].mean()),
         **{f"dice_{c}": float(per_case[f"dice_{c}"].mean()) for c in classes},
+        "pixel_error": float(per_case["pixel_error"].mean()),
     }
     write_csv(out_dir / PER_CASE_FILE, per_case)
     write_json(out_dir / METRICS_FILE, summary)

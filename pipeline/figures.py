@@ -37,13 +37,15 @@ def dice_boxplot(per_case: pd.DataFrame, classes: list[str], path: Path) -> None
 
 
 def case_gallery(cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
-    """One row per (title, image, truth, prediction), cut through the slice with most labelled voxels."""
+    """One row per (title, image, truth, prediction); a volume is cut through its slice with most labelled voxels."""
     figure, axes = plt.subplots(len(cases), 2, figsize=(6, 3 * len(cases)), squeeze=False)
     for row, (title, image, truth, prediction) in zip(axes, cases):
-        z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
+        if image.ndim == 3:
+            z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
+            image, truth, prediction = image[:, :, z], truth[:, :, z], prediction[:, :, z]
         for axis, labels, name in zip(row, (truth, prediction), ("reference", "prediction")):
-            axis.imshow(np.rot90(image[:, :, z]), cmap="gray")
-            axis.imshow(np.rot90(labels[:, :, z]), cmap=LABEL_COLOURS, vmin=0, vmax=LABEL_COLOURS.N - 1, interpolation="nearest")
+            axis.imshow(np.rot90(image), cmap="gray")
+            axis.imshow(np.rot90(labels), cmap=LABEL_COLOURS, vmin=0, vmax=LABEL_COLOURS.N - 1, interpolation="nearest")
             axis.set_title(f"{title}: {name}", fontsize=8)
             axis.axis("off")
     figure.tight_layout()

@@ -7,23 +7,20 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
+from monai.inferers import SliceInferer, sliding_window_inference
 
 from pipeline.transforms import IMAGE, prepare
 
 
 def sliding_window_logits(network: torch.nn.Module, images: torch.Tensor, description: dict[str, Any]) -> torch.Tensor:
-    """Logits for a batch of prepared images, tiled with Gaussian-weighted overlapping patches."""
-    inference = description["inference"]
+    """Logits for a batch of prepared images, tiled with Gaussian-weighted overlapping patches
+    (2D patches on each slice, where a 2D network was trained on slices of volumes)."""
+    options = {"roi_size": description["patch_size"], "sw_batch_size": description["inference"]["sw_batch_size"]}
+    options.update(overlap=description["inference"]["overlap"], mode="gaussian")
     with torch.inference_mode():
-        return sliding_window_inference(
-            images,
-            roi_size=description["patch_size"],
-            sw_batch_size=inference["sw_batch_size"],
-            predictor=network,
-            overlap=inference["overlap"],
-            mode="gaussian",
-        )
+        if description.get("slice_axis") is not None:  # a 2D network over a volume, slice by slice
+            return SliceInferer(spatial_dim=description["slice_axis"], progress=False, **options)(images, network)
+        return sliding_window_inference(images, predictor=network, **options)
 
 
 def predict(network: torch.nn.Module, description: dict[str, Any], image: MetaTensor, device: torch.device) -> np.ndarray:

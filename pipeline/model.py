@@ -21,12 +21,20 @@ MODEL_FORMAT = "medseg-model/1"
 
 
 def describe(
-    params: Params, labels: dict[str, str], modality: str, plan: dict[str, Any], patch_size: list[int], label_values: list[int] | None = None
+    params: Params,
+    labels: dict[str, str],
+    modality: str,
+    plan: dict[str, Any],
+    patch_size: list[int],
+    label_values: list[int] | None = None,
+    slice_axis: int | None = None,
 ) -> dict[str, Any]:
     """All that inference needs besides the weights: ``labels`` names class indices 0..K-1, ``label_values``
-    are the values they had in the data (written back by ``segment``), ``plan`` the preprocessing."""
+    are the values they had in the data (written back by ``segment``), ``plan`` the preprocessing, and
+    ``slice_axis`` the volume axis a 2D network runs along (None when the network has the data's dimensions)."""
     return {
         "network": network_spec(params, n_classes=len(labels), spatial_dims=len(patch_size)),
+        "slice_axis": slice_axis,
         "labels": labels,
         "label_values": label_values or list(range(len(labels))),
         "modality": modality,

@@ -60,11 +60,20 @@ def _fingerprint_job(job: tuple[Case, set[int], int]) -> dict[str, Any]:
     }
 
 
+def _nifti_affine(affine: np.ndarray) -> np.ndarray:
+    """NIfTI wants 4x4; a 2D image's 3x3 affine is embedded in it."""
+    if affine.shape == (4, 4):
+        return affine
+    full = np.eye(4)
+    full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
+    return full
+
+
 def _save_nifti(volume: torch.Tensor, path: Path, dtype: type) -> None:
     array = volume[0].numpy()
     array = (np.rint(array) if dtype == np.uint8 else array).astype(dtype)
     with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array, np.asarray(volume.affine, dtype=np.float64)), tmp)
+        nib.save(nib.Nifti1Image(array, _nifti_affine(np.asarray(volume.affine, dtype=np.float64))), tmp)
 
 
 def _prepare_job(job: tuple[Case, set[int], int, dict[str, Any], Path]) -> dict[str, Any]:

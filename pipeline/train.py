@@ -116,8 +116,6 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     dataset_meta = json.loads((prep_dir / "dataset.json").read_text())
-    if dataset_meta["dimensions"] != 3:
-        raise ConfigError(f"{prep_dir}: a {dataset_meta['dimensions']}D dataset; only 3D training is implemented so far")
     labels = dataset_meta["labels"]
     manifest = pd.read_csv(prep_dir / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
     split = json.loads(Path(split_json).read_text())
@@ -125,15 +123,19 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
 
     fingerprints = [c["fingerprint"] for c in json.loads((prep_dir / "fingerprint.json").read_text())["cases"].values() if "fingerprint" in c]
     plan = dataset_meta["preprocess"]
+    slices = config.mode == "2d" and dataset_meta["dimensions"] == 3
     levels = len(config.channels) if config.network != "basicunet" else 5
-    patch_size = config.patch_size or plan_patch_size(median_shape(fingerprints, plan["spacing"]), levels=levels)
-    training_transforms = transforms.training(patch_size, config.augmentation)
+    median = median_shape(fingerprints, plan["spacing"])[: 2 if slices else None]
+    patch_size = config.patch_size or plan_patch_size(median, levels=levels)
+    if len(patch_size) != (2 if slices else dataset_meta["dimensions"]):
+        raise ConfigError(f"train.patch_size: {patch_size} does not fit {'2D slices' if slices else str(dataset_meta['dimensions']) + 'D data'}")
+    training_transforms = transforms.training(patch_size, config.augmentation, slices_of_volumes=slices)
     train_set = CacheDataset(_case_files(prep_dir, manifest, train_ids), training_transforms, progress=False)
     val_set = CacheDataset(_case_files(prep_dir, manifest, split["validation"]), transforms.validation(), progress=False)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size)
     val_loader = DataLoader(val_set, batch_size=1)
 
-    description = describe(params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"])
+    description = describe(params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"], 2 if slices else None)
     network = build_network(description["network"]).to(device)
     loss_function = build_loss(config.loss, config.loss_options, deep_supervision=config.network == "dynunet" and config.deep_supervision).to(device)
     optimizer = build_optimizer(network.parameters(), config)

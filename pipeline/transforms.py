@@ -49,29 +49,27 @@ def prepare(plan: dict[str, Any], keys: tuple[str, ...]) -> T.Compose:
     return T.Compose(steps)
 
 
+def _elastic(dims: int, aug: AugmentationConfig) -> T.Transform:
+    keys, modes = (IMAGE, LABEL), ("bilinear", "nearest")
+    if dims == 2:
+        return T.Rand2DElasticd(keys, prob=aug.elastic_prob, spacing=(20, 20), magnitude_range=(1, 2), mode=modes, padding_mode="zeros")
+    return T.Rand3DElasticd(keys, prob=aug.elastic_prob, sigma_range=(5, 8), magnitude_range=(50, 150), mode=modes, padding_mode="zeros")
+
+
 def training_augmentation(patch_size: list[int], aug: AugmentationConfig) -> list[T.Transform]:
-    """Random steps, run each iteration after the cached deterministic ones."""
-    keys = (IMAGE, LABEL)
-    flips = [T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(len(patch_size))]
+    """Random steps on a patch of ``len(patch_size)`` dimensions, run each iteration after the cached ones."""
+    keys, dims = (IMAGE, LABEL), len(patch_size)
     return [
-        T.RandSpatialCropd(keys, roi_size=patch_size, random_size=False),
         T.RandAffined(
             keys,
             prob=aug.affine_prob,
-            rotate_range=[np.pi / 12] * len(patch_size),
-            scale_range=[0.15] * len(patch_size),
+            rotate_range=[np.pi / 12] * (1 if dims == 2 else 3),
+            scale_range=[0.15] * dims,
             mode=("bilinear", "nearest"),
             padding_mode="zeros",
         ),
-        T.Rand3DElasticd(
-            keys,
-            prob=aug.elastic_prob,
-            sigma_range=(5, 8),
-            magnitude_range=(50, 150),
-            mode=("bilinear", "nearest"),
-            padding_mode="zeros",
-        ),
-        *flips,
+        _elastic(dims, aug),
+        *[T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(dims)],
         T.RandGaussianNoised(IMAGE, prob=aug.noise_prob, std=0.1),
         T.RandScaleIntensityd(IMAGE, factors=0.25, prob=aug.intensity_prob),
         T.RandShiftIntensityd(IMAGE, offsets=0.1, prob=aug.intensity_prob),
@@ -79,10 +77,17 @@ def training_augmentation(patch_size: list[int], aug: AugmentationConfig) -> lis
     ]
 
 
-def training(patch_size: list[int], aug: AugmentationConfig) -> T.Compose:
+def training(patch_size: list[int], aug: AugmentationConfig, slices_of_volumes: bool = False) -> T.Compose:
+    """Cached loading and padding, then a random patch and augmentation. With ``slices_of_volumes``
+    a 2D patch is cut from one axial slice of a 3D volume (2D training on 3D data)."""
     keys = (IMAGE, LABEL)
-    cached = [*load(keys).transforms, T.SpatialPadd(keys, spatial_size=patch_size)]
-    return T.Compose([*cached, *training_augmentation(patch_size, aug)])
+    crop = [*patch_size, 1] if slices_of_volumes else list(patch_size)
+    steps = [*load(keys).transforms, T.SpatialPadd(keys, spatial_size=crop)]
+    if slices_of_volumes:  # most slices hold no foreground: draw as many with it as without
+        steps += [T.RandCropByPosNegLabeld(keys, LABEL, spatial_size=crop, pos=1, neg=1, num_samples=1), T.SqueezeDimd(keys, dim=3)]
+    else:
+        steps.append(T.RandSpatialCropd(keys, roi_size=crop, random_size=False))
+    return T.Compose([*steps, *training_augmentation(patch_size, aug)])
 
 
 def validation() -> T.Compose:

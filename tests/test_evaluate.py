@@ -28,7 +28,8 @@ def test_evaluate_writes_per_case_summary_and_plot(hippocampus, tiny_params, unt
     per_case = pd.read_csv(tmp_path / "reports" / "per_case.csv")
     validation = json.loads((tmp_path / "split.json").read_text())["validation"]
     assert sorted(per_case.case_id) == sorted(validation)
-    assert list(per_case.columns) == ["case_id", "dice_Anterior", "dice_Posterior", "dice_mean"]
+    assert list(per_case.columns) == ["case_id", "dice_Anterior", "dice_Posterior", "dice_mean", "pixel_error"]
+    assert per_case.pixel_error.between(0, 1).all()
     assert per_case[["dice_Anterior", "dice_Posterior"]].apply(lambda c: c.between(0, 1)).all().all()
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == summary
     assert math.isclose(summary["dice_mean"], per_case.dice_mean.mean())
