@@ -27,7 +27,7 @@ from pipeline.errors import DatasetError
 from pipeline.files import atomic_path, write_csv, write_json
 from pipeline.plan import case_fingerprint, plan_digest, plan_preprocessing
 from pipeline.transforms import IMAGE, LABEL, prepare
-from pipeline.validate import REPORT_COLUMNS, CaseRejected, check_case
+from pipeline.validate import case_result, check_case, report
 from pipeline.volumes import to_metatensor
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,10 @@ def input_digest(case: Case) -> str:
 def _fingerprint_job(job: tuple[Case, set[int], int]) -> dict[str, Any]:
     case, classes, dimensions = job
     torch.set_num_threads(1)
-    try:
-        checked = check_case(case, classes, dimensions)
-    except CaseRejected as rejected:
-        return {"status": "rejected", "file": str(rejected.file), "reason": rejected.reason}
-    return {
-        "status": "warning" if checked.warnings else "ok",
-        "file": str(case.image),
-        "reason": "; ".join(checked.warnings),
-        "fingerprint": case_fingerprint(case.case_id, checked.image, checked.label),
-    }
+    entry, checked = case_result(case, classes, dimensions)
+    if checked is not None:
+        entry["fingerprint"] = case_fingerprint(case.case_id, checked.image, checked.label)
+    return entry
 
 
 def _nifti_affine(affine: np.ndarray) -> np.ndarray:
@@ -142,12 +136,6 @@ def _validate_and_fingerprint(dataset: Dataset, digests: dict[str, str], previou
     return {case.case_id: found.get(case.case_id) or previous[case.case_id] for case in dataset.cases}
 
 
-def _report(dataset: Dataset, cases: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"case_id": p.case_id, "status": "rejected", "file": str(p.file), "reason": p.reason} for p in dataset.problems]
-    rows += [{"case_id": c, "status": r["status"], "file": r["file"], "reason": r["reason"]} for c, r in cases.items()]
-    return pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("case_id", ignore_index=True)
-
-
 def _manifest_row(case: Case, raw_dir: Path, fingerprint: dict[str, Any], written: dict[str, Any], digests: tuple[str, str], values: list[int]) -> dict[str, Any]:
     return {
         "case_id": case.case_id,
@@ -172,9 +160,9 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     digests = {case.case_id: input_digest(case) for case in dataset.cases}
 
     cases = _validate_and_fingerprint(dataset, digests, _previous_fingerprints(out_dir / FINGERPRINT_FILE), workers)
-    report = _report(dataset, cases)
-    write_csv(out_dir / VALIDATION_FILE, report)
-    rejected = report[report.status == "rejected"]
+    validation = report(dataset.problems, cases)
+    write_csv(out_dir / VALIDATION_FILE, validation)
+    rejected = validation[validation.status == "rejected"]
     for row in rejected.itertuples():
         log.warning("rejected %s: %s: %s", row.case_id, row.file, row.reason)
     if len(rejected) and config.on_rejected == "fail":

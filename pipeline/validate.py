@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
 from pipeline.config import DataConfig
-from pipeline.dataset import Case, Dataset, read_dataset
+from pipeline.dataset import Case, Dataset, Problem, read_dataset
 from pipeline.errors import InputError
 from pipeline.files import write_csv
-from pipeline.volumes import choose_series, read_image
+from pipeline.volumes import Series, choose_series, read_image, read_series
 
 GEOMETRY_TOLERANCE = 1e-3
 REPORT_COLUMNS = ["case_id", "status", "file", "reason"]
@@ -38,9 +39,13 @@ class CheckedCase:
     warnings: list[str]
 
 
-def _read(path: Path) -> sitk.Image:
+def _read(path: Path) -> tuple[sitk.Image, Series | None]:
+    """The image, and the DICOM series it came from (found once, for both reading and its spacing check)."""
     try:
-        return read_image(path)
+        if path.is_dir():
+            series = choose_series(path)
+            return read_series(path, series), series
+        return read_image(path), None
     except InputError as err:
         raise CaseRejected(path, str(err).removeprefix(f"{path}: ")) from None
 
@@ -61,7 +66,7 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
 
 def check_case(case: Case, classes: set[int], dimensions: int) -> CheckedCase:
     """The case's images, read and checked; raises ``CaseRejected`` at the first problem."""
-    image, label = _read(case.image), _read(case.label)
+    (image, series), (label, _) = _read(case.image), _read(case.label)
     _check_dimensions(case.image, image, dimensions)
     _check_dimensions(case.label, label, dimensions)
     if image.GetSize() != label.GetSize():
@@ -82,23 +87,30 @@ def check_case(case: Case, classes: set[int], dimensions: int) -> CheckedCase:
     warnings = []
     if set(values.tolist()) <= {0}:
         warnings.append(f"{case.label}: label is all background")
-    if case.image.is_dir() and not choose_series(case.image).uniform:
+    if series is not None and not series.uniform:
         warnings.append(f"{case.image}: DICOM slices are not evenly spaced; the volume is read as if they were")
     return CheckedCase(case, image, label, warnings)
 
 
-def validate_dataset(dataset: Dataset) -> pd.DataFrame:
+def case_result(case: Case, classes: set[int], dimensions: int) -> tuple[dict[str, str], CheckedCase | None]:
+    """The case's report entry (status, file, reason), and its checked images unless it was rejected."""
+    try:
+        checked = check_case(case, classes, dimensions)
+    except CaseRejected as rejected:
+        return {"status": "rejected", "file": str(rejected.file), "reason": rejected.reason}, None
+    return {"status": "warning" if checked.warnings else "ok", "file": str(case.image), "reason": "; ".join(checked.warnings)}, checked
+
+
+def report(problems: list[Problem], results: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per case (and per unpaired file): status ok, warning or rejected, and why."""
-    rows = [{"case_id": p.case_id, "status": "rejected", "file": str(p.file), "reason": p.reason} for p in dataset.problems]
-    for case in dataset.cases:
-        try:
-            checked = check_case(case, set(dataset.labels), dataset.dimensions)
-        except CaseRejected as rejected:
-            rows.append({"case_id": case.case_id, "status": "rejected", "file": str(rejected.file), "reason": rejected.reason})
-            continue
-        status = "warning" if checked.warnings else "ok"
-        rows.append({"case_id": case.case_id, "status": status, "file": str(case.image), "reason": "; ".join(checked.warnings)})
+    rows = [{"case_id": p.case_id, "status": "rejected", "file": str(p.file), "reason": p.reason} for p in problems]
+    rows += [{"case_id": case_id, **{k: result[k] for k in REPORT_COLUMNS[1:]}} for case_id, result in results.items()]
     return pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values(["case_id", "status"], ignore_index=True)
+
+
+def validate_dataset(dataset: Dataset) -> pd.DataFrame:
+    classes = set(dataset.labels)
+    return report(dataset.problems, {case.case_id: case_result(case, classes, dataset.dimensions)[0] for case in dataset.cases})
 
 
 def validate(root: Path, report_csv: Path, config: DataConfig | None = None) -> pd.DataFrame:

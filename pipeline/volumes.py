@@ -129,18 +129,22 @@ def read_image(path: Path, series: str | None = None) -> sitk.Image:
     """A file of any supported format, or a DICOM series folder; raises InputError naming the file."""
     path = Path(path)
     if path.is_dir():
-        chosen = choose_series(path, series)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(list(chosen.files))
-        try:
-            return reader.Execute()
-        except RuntimeError as err:
-            raise InputError(f"{path}: cannot read DICOM series {chosen.uid or '(empty uid)'}: {_first_line(err)}") from None
+        return read_series(path, choose_series(path, series))
     check_header(path)
     try:
         return _read_nifti(path) if is_nifti(path) else sitk.ReadImage(str(path))
     except (RuntimeError, OSError, EOFError, ValueError, zlib.error) as err:
         raise InputError(f"{path}: truncated or corrupt image data ({_first_line(err)})") from None
+
+
+def read_series(folder: Path, series: Series) -> sitk.Image:
+    """The volume of one series found in ``folder``."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    try:
+        return reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"{folder}: cannot read DICOM series {series.uid or '(empty uid)'}: {_first_line(err)}") from None
 
 
 def _read_nifti(path: Path) -> sitk.Image:

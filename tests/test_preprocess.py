@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import pipeline.preprocess as preprocessing
+import pipeline.validate as validation
 from pipeline.config import DataConfig, PreprocessConfig
 from pipeline.errors import DatasetError
 from pipeline.preprocess import preprocess
@@ -65,7 +66,9 @@ def test_a_second_run_reads_nothing_unchanged_and_redoes_only_what_changed(hippo
     first = preprocess(hippocampus, out, DataConfig(), SERIAL)
     calls = []
     real_check = preprocessing.check_case
-    monkeypatch.setattr(preprocessing, "check_case", lambda case, *a: calls.append(case.case_id) or real_check(case, *a))
+    spy = lambda case, *a: calls.append(case.case_id) or real_check(case, *a)  # noqa: E731
+    monkeypatch.setattr(preprocessing, "check_case", spy)  # preparing
+    monkeypatch.setattr(validation, "check_case", spy)  # validating
     second = preprocess(hippocampus, out, DataConfig(), SERIAL)
     assert calls == [] and second.equals(first)
     shutil.copy(hippocampus / "imagesTr" / "hippocampus_149.nii.gz", hippocampus / "imagesTr" / "hippocampus_177.nii.gz")
