@@ -55,11 +55,13 @@ def acquire(config: DataConfig, out_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging:
         staging = Path(staging)
         if source.startswith(MSD_PREFIX):
-            origin = _download_msd(source[len(MSD_PREFIX):], staging)
+            origin = _download_msd(source[len(MSD_PREFIX) :], staging)
         else:
             origin = Path(source).expanduser()
             if not origin.is_dir():
-                raise DatasetError(f"data.source: '{source}' is neither '{MSD_PREFIX}TaskNN_Name' nor an existing folder")
+                raise DatasetError(
+                    f"data.source: '{source}' is neither '{MSD_PREFIX}TaskNN_Name' nor an existing folder"
+                )
         complete = staging / "dataset"
         _copy_dataset(origin, complete, config)
         if out_dir.exists():

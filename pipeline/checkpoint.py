@@ -61,7 +61,9 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path}: cannot be read ({err.__class__.__name__}); delete it to start training afresh") from None
+        raise CheckpointError(
+            f"{path}: cannot be read ({err.__class__.__name__}); delete it to start training afresh"
+        ) from None
     if state.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"{path}: was written by a run with other parameters or code; delete it to start training afresh"

@@ -13,13 +13,20 @@ from pipeline.config import load_params, params_yaml, render_preset
 from pipeline.errors import MedsegError
 from pipeline.files import write_text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Segment CT and MRI volumes with U-Nets.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Segment CT and MRI volumes with U-Nets.",
+)
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
 
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
 
 
 @app.command()
@@ -66,7 +73,11 @@ def validate(
     for row in result[result.status != "ok"].itertuples():
         typer.echo(f"{row.status}: {row.case_id}: {row.file}: {row.reason}")
     counts = result.status.value_counts()
-    typer.echo(f"{len(result)} cases: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "rejected")) + f"; report in {report}")
+    typer.echo(
+        f"{len(result)} cases: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "rejected"))
+        + f"; report in {report}"
+    )
     if counts.get("rejected", 0):
         raise typer.Exit(1)
 
@@ -88,13 +99,17 @@ def series(folder: Path) -> None:
 def convert(
     source: Annotated[Path, typer.Argument(help="An image file or a DICOM series folder.")],
     target: Annotated[Path, typer.Argument(help="Output file; its suffix picks the format (.nii.gz, .nrrd, .mha).")],
-    series: Annotated[str | None, typer.Option(help="Index, UID or description, where SOURCE holds several series.")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="Index, UID or description, where SOURCE holds several series.")
+    ] = None,
 ) -> None:
     """Convert a DICOM series (or any readable image) to NIfTI, keeping its geometry."""
     from pipeline.volumes import convert as run
 
     image = run(source, target, series)
-    typer.echo(f"wrote {target}: {'x'.join(map(str, image.GetSize()))} voxels, {'x'.join(f'{s:.3g}' for s in image.GetSpacing())} mm")
+    typer.echo(
+        f"wrote {target}: {'x'.join(map(str, image.GetSize()))} voxels, {'x'.join(f'{s:.3g}' for s in image.GetSpacing())} mm"
+    )
 
 
 @app.command()
@@ -133,10 +148,15 @@ def evaluate(
 
 @app.command()
 def segment(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files (NIfTI, NRRD, MetaImage), folders of them, or DICOM series folders.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Image files (NIfTI, NRRD, MetaImage), folders of them, or DICOM series folders."),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps.")],
     model: Annotated[Path, typer.Option("--model", "-m")] = Path("models/model.pt"),
-    series: Annotated[str | None, typer.Option(help="Index, UID or description, where a DICOM folder holds several series.")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="Index, UID or description, where a DICOM folder holds several series.")
+    ] = None,
 ) -> None:
     """Write OUTPUT/<input name>: a uint8 label map on exactly the input's grid."""
     from pipeline.segment import segment as run

@@ -24,23 +24,40 @@ class DataConfig(_Section):
         "msd:Task04_Hippocampus",
         description="'msd:TaskNN_Name' downloads that Decathlon task; otherwise a local folder (MSD or images/labels layout).",
     )
-    labels: dict[int, str] | None = Field(None, description="Label value -> name; required for the images/labels layout.")
+    labels: dict[int, str] | None = Field(
+        None, description="Label value -> name; required for the images/labels layout."
+    )
     modality: str | None = Field(None, description="'CT', 'MRI', ...; required for the images/labels layout.")
-    dimensions: Literal[2, 3] = Field(3, description="Of the images/labels layout; MSD datasets say it in dataset.json.")
+    dimensions: Literal[2, 3] = Field(
+        3, description="Of the images/labels layout; MSD datasets say it in dataset.json."
+    )
     images_folder: str = Field("images", description="Of the images/labels layout, relative to the dataset folder.")
     labels_folder: str = Field("labels", description="Of the images/labels layout, relative to the dataset folder.")
+
+
+class WeightMapConfig(_Section):
+    w0: float = Field(10.0, ge=0, description="Weight of the border between two objects (the U-Net paper's w0).")
+    sigma: float = Field(
+        5.0, gt=0, description="Width of that border term, in mm (pixels for 2D data of unit spacing)."
+    )
 
 
 class PreprocessConfig(_Section):
     orientation: str = Field("RAS", pattern="^[LR][PA][IS]$")
     spacing: list[float] | None = Field(None, description="Target voxel size in mm; null plans the dataset's median.")
     normalization: Literal["auto", "zscore", "ct", "window"] = Field(
-        "auto", description="auto: 'ct' for CT, else 'zscore'. ct: clip to foreground percentiles, then z-score. window: clip to `window`."
+        "auto",
+        description="auto: 'ct' for CT, else 'zscore'. ct: clip to foreground percentiles, then z-score. window: clip to `window`.",
     )
-    window: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high] intensities, for normalization: window.")
+    window: list[float] | None = Field(
+        None, min_length=2, max_length=2, description="[low, high] intensities, for normalization: window."
+    )
     crop_foreground: bool = Field(True, description="Crop each case to its non-zero region.")
     on_rejected: Literal["skip", "fail"] = Field("skip", description="What a rejected case does to the stage.")
     workers: int | None = Field(None, ge=1, description="Processes; null uses every core.")
+    weight_map: WeightMapConfig | None = Field(
+        None, description="Write the U-Net paper's weight map of each label (for loss weight_map_ce)."
+    )
 
     @model_validator(mode="after")
     def _window_when_asked(self) -> PreprocessConfig:
@@ -65,23 +82,45 @@ class AugmentationConfig(_Section):
 
 class LossConfig(_Section):
     dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term in dice_ce and dice_focal.")
-    ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy (or focal) term in dice_ce and dice_focal.")
+    ce_weight: float = Field(
+        1.0, ge=0, description="Weight of the cross-entropy (or focal) term in dice_ce and dice_focal."
+    )
+    ce_weight_end: float | None = Field(
+        None,
+        ge=0,
+        description="If set, the CE (or focal) weight moves linearly from ce_weight to this by the last epoch.",
+    )
     focal_gamma: float = Field(2.0, ge=0)
     tversky_alpha: float = Field(0.3, ge=0, le=1, description="Weight of false positives.")
     tversky_beta: float = Field(0.7, ge=0, le=1, description="Weight of false negatives.")
-    class_weights: list[float] | None = Field(None, description="Per class, background first: dice_ce, focal and weighted_ce.")
+    class_weights: list[float] | None = Field(
+        None, description="Per class, background first: dice_ce, focal and weighted_ce."
+    )
 
 
 class TrainConfig(_Section):
-    mode: Literal["auto", "2d"] = Field("auto", description="auto: the data's own dimensionality; 2d: slice-wise training on 3D data.")
-    network: Literal["unet", "dynunet", "basicunet"] = Field("unet", description="MONAI UNet, DynUNet (nnU-Net-like) or BasicUNet.")
-    channels: list[int] = Field([16, 32, 64, 128], description="Features per level; basicunet takes five.")
+    mode: Literal["auto", "2d"] = Field(
+        "auto", description="auto: the data's own dimensionality; 2d: slice-wise training on 3D data."
+    )
+    network: Literal["unet", "dynunet", "basicunet", "unet_paper"] = Field(
+        "unet",
+        description="MONAI UNet, DynUNet (nnU-Net-like), BasicUNet, or the U-Net paper's (unpadded, overlap-tile inference).",
+    )
+    channels: list[int] = Field(
+        [16, 32, 64, 128], min_length=2, description="Features per level; basicunet takes five."
+    )
     num_res_units: int = Field(2, ge=0, description="unet: residual units per level; dynunet: residual blocks if > 0.")
-    norm: Literal["instance", "batch"] = "instance"
+    norm: Literal["instance", "batch", "none"] = Field(
+        "instance", description="none: unet_paper only, as in the paper."
+    )
     dropout: float = 0.0
     deep_supervision: bool = Field(False, description="dynunet: a loss on lower-resolution heads too.")
     patch_size: list[int] | None = Field(None, description="null: planned from the dataset fingerprint.")
-    loss: Literal["dice_ce", "dice_focal", "focal", "tversky", "generalized_dice", "jaccard", "weighted_ce"] = "dice_ce"
+    loss: Literal[
+        "dice_ce", "dice_focal", "focal", "tversky", "generalized_dice", "jaccard", "weighted_ce", "weight_map_ce"
+    ] = Field(
+        "dice_ce", description="weight_map_ce: CE weighted by the U-Net paper's map (needs preprocess.weight_map)."
+    )
     loss_options: LossConfig = LossConfig()
     batch_size: int = 4
     epochs: int = 50
@@ -95,9 +134,15 @@ class TrainConfig(_Section):
     step_epochs: int = Field(30, ge=1, description="step: epochs between decays.")
     step_gamma: float = Field(0.1, gt=0, description="step: the factor of each decay.")
     val_every: int = Field(5, ge=1, description="Validate every N epochs (and after the last).")
-    keep: Literal["last", "best"] = Field("last", description="Which weights the model file gets: the last epoch's, or the best validated.")
-    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many validations without a better Dice.")
-    max_minutes: float | None = Field(None, gt=0, description="Stop once training has taken this long (not reproducible across machines).")
+    keep: Literal["last", "best"] = Field(
+        "last", description="Which weights the model file gets: the last epoch's, or the best validated."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without a better Dice."
+    )
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop once training has taken this long (not reproducible across machines)."
+    )
     amp: bool = Field(False, description="Mixed precision, on CUDA only.")
     compile: bool = Field(False, description="torch.compile, on CUDA only.")
     max_train_cases: int | None = Field(None, description="Train on at most this many cases (smoke runs).")
@@ -122,6 +167,18 @@ class Params(_Section):
     inference: InferenceConfig = InferenceConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.train.loss == "weight_map_ce" and self.preprocess.weight_map is None:
+            raise ValueError("train.loss weight_map_ce needs preprocess.weight_map (e.g. {w0: 10, sigma: 5})")
+        if self.train.loss_options.ce_weight_end is not None and self.train.loss not in ("dice_ce", "dice_focal"):
+            raise ValueError(
+                f"train.loss_options.ce_weight_end schedules dice_ce and dice_focal; {self.train.loss} has no CE term"
+            )
+        if self.train.norm == "none" and self.train.network != "unet_paper":
+            raise ValueError(f"train.norm 'none' is for unet_paper; {self.train.network} takes instance or batch")
+        return self
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
@@ -139,7 +196,7 @@ def _validate(content: dict[str, Any], path: Path) -> Params:
     try:
         return Params.model_validate(content)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in err.errors())
         raise ConfigError(f"{path}: {problems}") from None
 
 

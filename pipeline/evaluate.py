@@ -31,7 +31,9 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, n_classes: int) ->
     def as_one_hot(labels: np.ndarray) -> torch.Tensor:
         return one_hot(torch.from_numpy(labels.astype(np.int64))[None, None], n_classes)
 
-    return compute_dice(as_one_hot(prediction), as_one_hot(truth), include_background=False, ignore_empty=False)[0].tolist()
+    return compute_dice(as_one_hot(prediction), as_one_hot(truth), include_background=False, ignore_empty=False)[
+        0
+    ].tolist()
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -60,7 +62,13 @@ def evaluate(model_path: Path, prep_dir: Path, split_json: Path, out_dir: Path, 
     for case_id in tqdm(validation, desc="evaluating", unit="case"):
         _, truth, prediction = image_truth_prediction(case_id)
         scores = dice_per_class(prediction, truth, len(labels))
-        rows.append({"case_id": case_id, **{f"dice_{c}": s for c, s in zip(classes, scores)}, "pixel_error": float((prediction != truth).mean())})
+        rows.append(
+            {
+                "case_id": case_id,
+                **{f"dice_{c}": s for c, s in zip(classes, scores)},
+                "pixel_error": float((prediction != truth).mean()),
+            }
+        )
     per_case = pd.DataFrame(rows)
     per_case.insert(len(classes) + 1, "dice_mean", per_case[[f"dice_{c}" for c in classes]].mean(axis=1))
     summary = {

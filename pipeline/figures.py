@@ -14,7 +14,9 @@ from matplotlib.colors import ListedColormap
 
 from pipeline.files import atomic_path
 
-LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.95, 0.3, 0.2, 0.55), (0.2, 0.6, 1.0, 0.55), (0.3, 0.9, 0.3, 0.55), (1.0, 0.85, 0.1, 0.55)])
+LABEL_COLOURS = ListedColormap(
+    [(0, 0, 0, 0), (0.95, 0.3, 0.2, 0.55), (0.2, 0.6, 1.0, 0.55), (0.3, 0.9, 0.3, 0.55), (1.0, 0.85, 0.1, 0.55)]
+)
 
 
 def _save(figure: plt.Figure, path: Path) -> None:

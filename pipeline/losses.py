@@ -19,6 +19,14 @@ class WeightedCrossEntropy(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), weight=self.weights)
 
 
+class WeightMapCrossEntropy(torch.nn.Module):
+    """Cross-entropy weighted per voxel by a precomputed map (the U-Net paper's boundary weights)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        voxel_loss = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none")
+        return (voxel_loss * weights[:, 0]).mean()
+
+
 class DeepSupervised(torch.nn.Module):
     """Weighs the loss over a DynUNet's stacked deep-supervision heads (training mode), MONAI's way."""
 
@@ -43,7 +51,9 @@ def _loss(name: str, config: LossConfig) -> torch.nn.Module:
     if name == "dice_ce":
         return losses.DiceCELoss(**common, lambda_dice=config.dice_weight, lambda_ce=config.ce_weight, weight=weights)
     if name == "dice_focal":
-        return losses.DiceFocalLoss(**common, gamma=config.focal_gamma, lambda_dice=config.dice_weight, lambda_focal=config.ce_weight)
+        return losses.DiceFocalLoss(
+            **common, gamma=config.focal_gamma, lambda_dice=config.dice_weight, lambda_focal=config.ce_weight
+        )
     if name == "focal":
         return losses.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=config.focal_gamma, weight=weights)
     if name == "tversky":
@@ -54,4 +64,30 @@ def _loss(name: str, config: LossConfig) -> torch.nn.Module:
         return losses.DiceLoss(**common, jaccard=True)
     if name == "weighted_ce":
         return WeightedCrossEntropy(weights)
+    if name == "weight_map_ce":
+        return WeightMapCrossEntropy()
     raise ValueError(f"unknown loss '{name}'")
+
+
+def ce_weight_at(config: LossConfig, epoch: int, epochs: int) -> float | None:
+    """The CE weight of epoch ``epoch`` (1-based) when it follows a schedule: linear from
+    ``ce_weight`` at the first epoch to ``ce_weight_end`` at the last; None when it is fixed."""
+    if config.ce_weight_end is None:
+        return None
+    progress = (epoch - 1) / max(1, epochs - 1)
+    return config.ce_weight + (config.ce_weight_end - config.ce_weight) * progress
+
+
+def set_ce_weight(loss: torch.nn.Module, weight: float | None) -> None:
+    """Set the CE (or focal) term's weight of a combined loss, MONAI's attribute, inside any wrapper."""
+    if weight is None:
+        return
+    inner = loss.supervised.loss if isinstance(loss, DeepSupervised) else loss
+    if isinstance(inner, losses.DiceCELoss):
+        inner.lambda_ce = weight
+    elif isinstance(inner, losses.DiceFocalLoss):
+        inner.lambda_focal = weight
+    else:
+        raise ValueError(
+            f"{type(inner).__name__} has no CE weight to schedule; ce_weight_end is for dice_ce and dice_focal"
+        )

@@ -16,6 +16,7 @@ from monai.networks.nets import BasicUNet, DynUNet, UNet
 from pipeline.config import Params
 from pipeline.errors import ConfigError, ModelError
 from pipeline.files import atomic_path
+from pipeline.unet_paper import OriginalUNet
 
 MODEL_FORMAT = "medseg-model/1"
 
@@ -47,9 +48,20 @@ def describe(
 def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[str, Any]:
     train = params.train
     levels = len(train.channels)
-    spec: dict[str, Any] = {"name": train.network, "spatial_dims": spatial_dims, "in_channels": 1, "out_channels": n_classes}
+    spec: dict[str, Any] = {
+        "name": train.network,
+        "spatial_dims": spatial_dims,
+        "in_channels": 1,
+        "out_channels": n_classes,
+    }
     if train.network == "unet":
-        spec.update(channels=list(train.channels), strides=[2] * (levels - 1), num_res_units=train.num_res_units, norm=train.norm, dropout=train.dropout)
+        spec.update(
+            channels=list(train.channels),
+            strides=[2] * (levels - 1),
+            num_res_units=train.num_res_units,
+            norm=train.norm,
+            dropout=train.dropout,
+        )
     elif train.network == "dynunet":
         spec.update(
             kernel_size=[3] * levels,
@@ -62,6 +74,10 @@ def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[
             deep_supr_num=max(1, min(2, levels - 2)) if train.deep_supervision else 1,
             res_block=train.num_res_units > 0,
         )
+    elif train.network == "unet_paper":
+        spec.update(
+            channels=list(train.channels), norm=None if train.norm == "none" else train.norm, dropout=train.dropout
+        )
     else:  # basicunet: five levels, the last channel count repeated for the top decoder
         if levels != 5:
             raise ConfigError(f"train.channels: basicunet takes 5 channel counts, got {levels}")
@@ -69,7 +85,7 @@ def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[
     return spec
 
 
-NETWORKS = {"unet": UNet, "dynunet": DynUNet, "basicunet": BasicUNet}
+NETWORKS = {"unet": UNet, "dynunet": DynUNet, "basicunet": BasicUNet, "unet_paper": OriginalUNet}
 
 
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:

@@ -13,7 +13,9 @@ def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum, nesterov=True)
+    return torch.optim.SGD(
+        parameters, lr=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum, nesterov=True
+    )
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> lr_scheduler.LRScheduler:
@@ -29,5 +31,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> lr_
         decay = lr_scheduler.ConstantLR(optimizer, factor=1.0)
     if not config.warmup_epochs:
         return decay
-    warmup = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (config.warmup_epochs + 1), total_iters=config.warmup_epochs)
+    warmup = lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0 / (config.warmup_epochs + 1), total_iters=config.warmup_epochs
+    )
     return lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[config.warmup_epochs])

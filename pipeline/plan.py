@@ -37,7 +37,11 @@ def case_fingerprint(case_id: str, image: sitk.Image, label: sitk.Image) -> dict
     classes = np.rint(sitk.GetArrayViewFromImage(label)).astype(np.int64)
     foreground = pixels[classes > 0]
     rng = np.random.default_rng(int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16))
-    sample = rng.choice(foreground, size=min(FOREGROUND_SAMPLES, foreground.size), replace=False) if foreground.size else foreground
+    sample = (
+        rng.choice(foreground, size=min(FOREGROUND_SAMPLES, foreground.size), replace=False)
+        if foreground.size
+        else foreground
+    )
     counts = np.bincount(classes.ravel())
     return {
         "spacing": [float(s) for s in _world_order(image.GetSpacing(), image)],
@@ -59,7 +63,13 @@ def _intensity(fingerprints: list[dict[str, Any]], modality: str, config: Prepro
     pooled = np.concatenate([np.asarray(f["foreground_sample"]) for f in fingerprints])
     low, high = np.percentile(pooled, CLIP_PERCENTILES)
     clipped = np.clip(pooled, low, high)
-    return {"scheme": "clip_zscore", "low": float(low), "high": float(high), "mean": float(clipped.mean()), "std": float(clipped.std() or 1.0)}
+    return {
+        "scheme": "clip_zscore",
+        "low": float(low),
+        "high": float(high),
+        "mean": float(clipped.mean()),
+        "std": float(clipped.std() or 1.0),
+    }
 
 
 def plan_preprocessing(fingerprints: list[dict[str, Any]], modality: str, config: PreprocessConfig) -> dict[str, Any]:

@@ -19,9 +19,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from monai.data import MetaTensor
 from tqdm import tqdm
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.config import DataConfig, PreprocessConfig, WeightMapConfig
 from pipeline.dataset import Case, Dataset, class_indices, read_dataset
 from pipeline.errors import DatasetError
 from pipeline.files import atomic_path, write_csv, write_json
@@ -29,10 +30,16 @@ from pipeline.plan import case_fingerprint, plan_digest, plan_preprocessing
 from pipeline.transforms import IMAGE, LABEL, prepare
 from pipeline.validate import case_result, check_case, report
 from pipeline.volumes import to_metatensor
+from pipeline.weight_map import boundary_weight_map
 
 log = logging.getLogger(__name__)
-FINGERPRINT_FILE, PLAN_FILE, MANIFEST_FILE, VALIDATION_FILE = "fingerprint.json", "plan.json", "manifest.csv", "validation.csv"
-WRITTEN_COLUMNS = ("image", "label", "shape", "spacing", "crop_start", "crop_end")
+FINGERPRINT_FILE, PLAN_FILE, MANIFEST_FILE, VALIDATION_FILE = (
+    "fingerprint.json",
+    "plan.json",
+    "manifest.csv",
+    "validation.csv",
+)
+WRITTEN_COLUMNS = ("image", "label", "weight", "shape", "spacing", "crop_start", "crop_end")
 
 
 def input_digest(case: Case) -> str:
@@ -70,8 +77,8 @@ def _save_nifti(volume: torch.Tensor, path: Path, dtype: type) -> None:
         nib.save(nib.Nifti1Image(array, _nifti_affine(np.asarray(volume.affine, dtype=np.float64))), tmp)
 
 
-def _prepare_job(job: tuple[Case, set[int], int, dict[str, Any], Path]) -> dict[str, Any]:
-    case, classes, dimensions, plan, out_dir = job
+def _prepare_job(job: tuple[Case, set[int], int, dict[str, Any], WeightMapConfig | None, Path]) -> dict[str, Any]:
+    case, classes, dimensions, plan, weight_map, out_dir = job
     torch.set_num_threads(1)
     checked = check_case(case, classes, dimensions)
     keys = (IMAGE, LABEL)
@@ -81,9 +88,17 @@ def _prepare_job(job: tuple[Case, set[int], int, dict[str, Any], Path]) -> dict[
     image_out, label_out = Path("images") / f"{case.case_id}.nii.gz", Path("labels") / f"{case.case_id}.nii.gz"
     _save_nifti(data[IMAGE], out_dir / image_out, np.float32)
     _save_nifti(data[LABEL], out_dir / label_out, np.uint8)
+    weight_out = Path("weights") / f"{case.case_id}.nii.gz" if weight_map else ""
+    if weight_map:
+        spacing = tuple(data[LABEL].pixdim.tolist())
+        weights = boundary_weight_map(data[LABEL][0].numpy().astype(np.uint8), spacing, weight_map.w0, weight_map.sigma)
+        _save_nifti(
+            MetaTensor(torch.from_numpy(weights)[None], affine=data[LABEL].affine), out_dir / weight_out, np.float32
+        )
     return {
         "image": str(image_out),
         "label": str(label_out),
+        "weight": str(weight_out),
         "shape": "x".join(map(str, data[IMAGE].shape[1:])),
         "spacing": "x".join(f"{s:.4g}" for s in data[IMAGE].pixdim.tolist()),
         "crop_start": "x".join(map(str, data.get("foreground_start_coord", []))),
@@ -102,7 +117,7 @@ def _run(function, jobs: list, description: str, workers: int) -> list:
 
 def _remove_unlisted(out_dir: Path, listed: set[str]) -> None:
     """Drop prepared files of cases no longer in the dataset (the folder persists between runs)."""
-    for folder in ("images", "labels"):
+    for folder in ("images", "labels", "weights"):
         for path in (out_dir / folder).glob("*.nii.gz"):
             if str(path.relative_to(out_dir)) not in listed:
                 path.unlink()
@@ -114,7 +129,11 @@ def _previous_fingerprints(path: Path) -> dict[str, Any]:
         cases = json.loads(path.read_text())["cases"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         return {}
-    return {case_id: entry for case_id, entry in cases.items() if isinstance(entry, dict) and {"digest", "status", "file", "reason"} <= entry.keys()}
+    return {
+        case_id: entry
+        for case_id, entry in cases.items()
+        if isinstance(entry, dict) and {"digest", "status", "file", "reason"} <= entry.keys()
+    }
 
 
 def _earlier_manifest(path: Path) -> dict[str, dict[str, Any]]:
@@ -128,15 +147,27 @@ def _earlier_manifest(path: Path) -> dict[str, dict[str, Any]]:
     return manifest.set_index("case_id").to_dict("index")
 
 
-def _validate_and_fingerprint(dataset: Dataset, digests: dict[str, str], previous: dict[str, Any], workers: int) -> dict[str, Any]:
+def _validate_and_fingerprint(
+    dataset: Dataset, digests: dict[str, str], previous: dict[str, Any], workers: int
+) -> dict[str, Any]:
     """Per case: status, reason and fingerprint; what an earlier run found for unchanged files is reused."""
     fresh = [case for case in dataset.cases if previous.get(case.case_id, {}).get("digest") != digests[case.case_id]]
     jobs = [(case, set(dataset.labels), dataset.dimensions) for case in fresh]
-    found = {case.case_id: {"digest": digests[case.case_id], **result} for case, result in zip(fresh, _run(_fingerprint_job, jobs, "validating", workers))}
+    found = {
+        case.case_id: {"digest": digests[case.case_id], **result}
+        for case, result in zip(fresh, _run(_fingerprint_job, jobs, "validating", workers))
+    }
     return {case.case_id: found.get(case.case_id) or previous[case.case_id] for case in dataset.cases}
 
 
-def _manifest_row(case: Case, raw_dir: Path, fingerprint: dict[str, Any], written: dict[str, Any], digests: tuple[str, str], values: list[int]) -> dict[str, Any]:
+def _manifest_row(
+    case: Case,
+    raw_dir: Path,
+    fingerprint: dict[str, Any],
+    written: dict[str, Any],
+    digests: tuple[str, str],
+    values: list[int],
+) -> dict[str, Any]:
     return {
         "case_id": case.case_id,
         "raw_image": str(case.image.relative_to(raw_dir.resolve())),
@@ -166,26 +197,40 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     for row in rejected.itertuples():
         log.warning("rejected %s: %s: %s", row.case_id, row.file, row.reason)
     if len(rejected) and config.on_rejected == "fail":
-        raise DatasetError(f"{raw_dir}: {len(rejected)} case(s) rejected (preprocess.on_rejected is 'fail'); see {out_dir / VALIDATION_FILE}")
+        raise DatasetError(
+            f"{raw_dir}: {len(rejected)} case(s) rejected (preprocess.on_rejected is 'fail'); see {out_dir / VALIDATION_FILE}"
+        )
     accepted = [case for case in dataset.cases if cases[case.case_id]["status"] != "rejected"]
     if not accepted:
         raise DatasetError(f"{raw_dir}: no usable case; see {out_dir / VALIDATION_FILE}")
 
     plan = plan_preprocessing([cases[c.case_id]["fingerprint"] for c in accepted], dataset.modality, config)
-    digest = plan_digest(plan)
+    weight_map = config.weight_map.model_dump() if config.weight_map else None
+    digest = plan_digest(
+        {**plan, "weight_map": weight_map} if weight_map else plan
+    )  # weight maps are not part of the plan inference needs
     earlier = _earlier_manifest(out_dir / MANIFEST_FILE)
 
     def up_to_date(case: Case) -> bool:
         row = earlier.get(case.case_id)
-        return bool(row) and (row["input_digest"], row["plan_digest"]) == (digests[case.case_id], digest) and (out_dir / row["image"]).is_file()
+        return (
+            bool(row)
+            and (row["input_digest"], row["plan_digest"]) == (digests[case.case_id], digest)
+            and (out_dir / row["image"]).is_file()
+        )
 
     stale = [case for case in accepted if not up_to_date(case)]
-    jobs = [(case, set(values), dataset.dimensions, plan, out_dir) for case in stale]
+    jobs = [(case, set(values), dataset.dimensions, plan, config.weight_map, out_dir) for case in stale]
     written = {**earlier, **dict(zip((c.case_id for c in stale), _run(_prepare_job, jobs, "preprocessing", workers)))}
     manifest = pd.DataFrame(
-        [_manifest_row(c, raw_dir, cases[c.case_id]["fingerprint"], written[c.case_id], (digests[c.case_id], digest), values) for c in accepted]
+        [
+            _manifest_row(
+                c, raw_dir, cases[c.case_id]["fingerprint"], written[c.case_id], (digests[c.case_id], digest), values
+            )
+            for c in accepted
+        ]
     )
-    _remove_unlisted(out_dir, set(manifest.image) | set(manifest.label))
+    _remove_unlisted(out_dir, set(manifest.image) | set(manifest.label) | set(manifest.weight))
     write_json(out_dir / FINGERPRINT_FILE, {"modality": dataset.modality, "cases": cases})
     write_json(out_dir / PLAN_FILE, plan)
     write_csv(out_dir / MANIFEST_FILE, manifest)

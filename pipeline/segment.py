@@ -33,7 +33,11 @@ class Source:
 
 
 def _files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(FILE_SUFFIXES))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(FILE_SUFFIXES)
+    )
 
 
 def find_sources(inputs: list[Path], series: str | None = None) -> list[Source]:
@@ -42,7 +46,9 @@ def find_sources(inputs: list[Path], series: str | None = None) -> list[Source]:
     for path in map(Path, inputs):
         if path.is_file():
             if not path.name.lower().endswith(FILE_SUFFIXES):
-                raise InputError(f"{path}: not a supported image file ({', '.join(FILE_SUFFIXES)}), nor a DICOM series folder")
+                raise InputError(
+                    f"{path}: not a supported image file ({', '.join(FILE_SUFFIXES)}), nor a DICOM series folder"
+                )
             sources.append(Source(path, path.name))
         elif path.is_dir() and _files_in(path):
             sources += [Source(p, p.name) for p in _files_in(path)]

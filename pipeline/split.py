@@ -22,9 +22,13 @@ def assign_folds(case_ids: list[str], n_folds: int, seed: int) -> dict[str, int]
 def split(manifest_csv: Path, out_json: Path, config: SplitConfig, seed: int) -> dict:
     case_ids = pd.read_csv(manifest_csv)["case_id"].astype(str).tolist()
     if config.fold >= config.n_folds:
-        raise ConfigError(f"split.fold is {config.fold} but there are only {config.n_folds} folds (0..{config.n_folds - 1})")
+        raise ConfigError(
+            f"split.fold is {config.fold} but there are only {config.n_folds} folds (0..{config.n_folds - 1})"
+        )
     if len(case_ids) < config.n_folds:
-        raise DatasetError(f"{manifest_csv}: {len(case_ids)} cases cannot fill {config.n_folds} folds; lower split.n_folds")
+        raise DatasetError(
+            f"{manifest_csv}: {len(case_ids)} cases cannot fill {config.n_folds} folds; lower split.n_folds"
+        )
     folds = assign_folds(case_ids, config.n_folds, seed)
     result = {
         "seed": seed,

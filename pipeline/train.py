@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -15,25 +16,30 @@ from typing import Any
 import mlflow
 import pandas as pd
 import torch
-from monai.data import CacheDataset, DataLoader
+from monai.data import CacheDataset, DataLoader, partition_dataset
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from pipeline import tracking, transforms
+from pipeline import distributed, tracking, transforms
 from pipeline.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipeline.config import Params, TrainConfig, flatten
+from pipeline.distributed import World
 from pipeline.errors import ConfigError
 from pipeline.files import write_csv, write_json
 from pipeline.inference import sliding_window_logits
-from pipeline.losses import build_loss
+from pipeline.losses import build_loss, ce_weight_at, set_ce_weight
 from pipeline.model import build_network, describe, save_model
 from pipeline.optim import build_optimizer, build_schedule
 from pipeline.plan import median_shape, plan_patch_size
+from pipeline.unet_paper import center_crop, check_tile, input_for_output
 
 log = logging.getLogger(__name__)
 MODEL_FILE, HISTORY_FILE, RUN_FILE, CHECKPOINT_FILE = "model.pt", "history.csv", "mlflow_run.json", "checkpoint.pt"
+TIMING_COLUMNS = ["data_wait_fraction", "samples_per_s"]  # measured, so they differ between runs of the same params
 
 
 @dataclass
@@ -50,21 +56,34 @@ class Progress:
     stopped: str = ""
 
 
-def _case_files(prep_dir: Path, manifest: pd.DataFrame, case_ids: list[str]) -> list[dict[str, str]]:
-    return [
-        {"image": str(prep_dir / manifest.at[c, "image"]), "label": str(prep_dir / manifest.at[c, "label"]), "case_id": c}
-        for c in case_ids
-    ]
+def _case_files(
+    prep_dir: Path, manifest: pd.DataFrame, case_ids: list[str], weights: bool = False
+) -> list[dict[str, str]]:
+    columns = ("image", "label", "weight") if weights else ("image", "label")
+    return [{**{key: str(prep_dir / manifest.at[c, key]) for key in columns}, "case_id": c} for c in case_ids]
 
 
-def _fingerprint(params: Params, *files: Path) -> str:
-    digest = hashlib.sha256(json.dumps(params.model_dump(exclude={"mlflow"}), sort_keys=True).encode())
+def _fingerprint(params: Params, world_size: int, *files: Path) -> str:
+    digest = hashlib.sha256(json.dumps([params.model_dump(exclude={"mlflow"}), world_size], sort_keys=True).encode())
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def validation_dice(network: torch.nn.Module, loader: DataLoader, description: dict[str, Any], device: torch.device) -> torch.Tensor:
+def _patch_size(config: TrainConfig, median: list[float]) -> list[int]:
+    """The training patch (for unet_paper: the input tile), planned to cover the median case unless given."""
+    depth = len(config.channels) - 1
+    if config.network != "unet_paper":
+        return config.patch_size or plan_patch_size(median, levels=depth + 1)
+    if config.patch_size:
+        check_tile(config.patch_size, depth)
+        return config.patch_size
+    return [input_for_output(size, depth) for size in plan_patch_size(median, levels=depth + 1)]
+
+
+def validation_dice(
+    network: torch.nn.Module, loader: DataLoader, description: dict[str, Any], device: torch.device
+) -> torch.Tensor:
     """Mean Dice per foreground class over the loader's cases."""
     n_classes = description["network"]["out_channels"]
     metric = DiceMetric(include_background=False, reduction="mean_batch")
@@ -77,20 +96,30 @@ def validation_dice(network: torch.nn.Module, loader: DataLoader, description: d
     return metric.aggregate().cpu()
 
 
-def train_one_epoch(network, batches: tqdm, loss_function, optimizer, scaler: torch.amp.GradScaler, device: torch.device) -> float:
-    """One pass over the training data, in mixed precision where the scaler is enabled; returns the mean loss."""
+def train_one_epoch(
+    network, batches: tqdm, loss_function, optimizer, scaler: torch.amp.GradScaler, device: torch.device
+) -> dict[str, float]:
+    """One pass over the training data, in mixed precision where the scaler is enabled: the mean loss,
+    and the fraction of the time spent waiting for data (which should stay near 0 on a GPU)."""
     network.train()
-    losses = []
+    losses, waiting, started = [], 0.0, time.perf_counter()
+    asked = started
     for batch in batches:
+        waiting += time.perf_counter() - asked
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=scaler.is_enabled()):
-            loss = loss_function(network(batch["image"].to(device)), batch["label"].to(device))
+            output = network(batch["image"].to(device))
+            # unet_paper predicts the centre of its input: its targets are cropped to match
+            spatial = output.shape[-(batch["label"].dim() - 2) :]
+            targets = [center_crop(batch[key].to(device), spatial) for key in ("label", "weight") if key in batch]
+            loss = loss_function(output, *targets)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         losses.append(loss.item())
         batches.set_postfix(loss=f"{loss.item():.4f}")
-    return sum(losses) / len(losses)
+        asked = time.perf_counter()
+    return {"train_loss": sum(losses) / len(losses), "data_wait_fraction": waiting / (time.perf_counter() - started)}
 
 
 def _stop_reason(progress: Progress, config: TrainConfig) -> str:
@@ -110,79 +139,149 @@ def _record_validation(progress: Progress, dice: float, network: torch.nn.Module
 
 
 def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> dict[str, Any]:
-    prep_dir, out_dir = Path(prep_dir), Path(out_dir)
-    config = params.train
-    set_determinism(seed=params.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Train in this process, or in each of the processes that ``torchrun`` started."""
+    world = distributed.join()
+    try:
+        return _train(Path(prep_dir), Path(split_json), Path(out_dir), params, world)
+    finally:
+        distributed.leave(world)
+
+
+def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, world: World) -> dict[str, Any]:
+    config, device = params.train, world.device
+    set_determinism(seed=params.seed + world.rank)  # same initial weights (DDP copies rank 0's), different augmentation
 
     dataset_meta = json.loads((prep_dir / "dataset.json").read_text())
     labels = dataset_meta["labels"]
     manifest = pd.read_csv(prep_dir / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
-    split = json.loads(Path(split_json).read_text())
+    split = json.loads(split_json.read_text())
     train_ids = split["train"][: config.max_train_cases]
+    weighted = config.loss == "weight_map_ce"
+    if weighted and not ("weight" in manifest.columns and manifest["weight"].notna().all()):
+        raise ConfigError(
+            f"{prep_dir}: has no weight maps; set preprocess.weight_map and run the preprocess stage again"
+        )
 
-    fingerprints = [c["fingerprint"] for c in json.loads((prep_dir / "fingerprint.json").read_text())["cases"].values() if "fingerprint" in c]
+    fingerprints = [
+        c["fingerprint"]
+        for c in json.loads((prep_dir / "fingerprint.json").read_text())["cases"].values()
+        if "fingerprint" in c
+    ]
     plan = dataset_meta["preprocess"]
     slices = config.mode == "2d" and dataset_meta["dimensions"] == 3
-    levels = len(config.channels) if config.network != "basicunet" else 5
-    median = median_shape(fingerprints, plan["spacing"])[: 2 if slices else None]
-    patch_size = config.patch_size or plan_patch_size(median, levels=levels)
+    patch_size = _patch_size(config, median_shape(fingerprints, plan["spacing"])[: 2 if slices else None])
     if len(patch_size) != (2 if slices else dataset_meta["dimensions"]):
-        raise ConfigError(f"train.patch_size: {patch_size} does not fit {'2D slices' if slices else str(dataset_meta['dimensions']) + 'D data'}")
-    training_transforms = transforms.training(patch_size, config.augmentation, slices_of_volumes=slices)
-    train_set = CacheDataset(_case_files(prep_dir, manifest, train_ids), training_transforms, progress=False)
-    val_set = CacheDataset(_case_files(prep_dir, manifest, split["validation"]), transforms.validation(), progress=False)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size)
-    val_loader = DataLoader(val_set, batch_size=1)
+        raise ConfigError(
+            f"train.patch_size: {patch_size} does not fit {'2D slices' if slices else str(dataset_meta['dimensions']) + 'D data'}"
+        )
+    training_transforms = transforms.training(
+        patch_size, config.augmentation, slices_of_volumes=slices, weighted=weighted
+    )
+    train_set = CacheDataset(_case_files(prep_dir, manifest, train_ids, weighted), training_transforms, progress=False)
+    sampler = (
+        DistributedSampler(train_set, world.size, world.rank, seed=params.seed, drop_last=True)
+        if world.size > 1
+        else None
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(train_set) > config.batch_size * world.size,
+    )
+    # each process validates its share of the cases; MONAI's metric gathers the scores from all
+    val_files = partition_dataset(
+        _case_files(prep_dir, manifest, split["validation"]), num_partitions=world.size, even_divisible=False
+    )[world.rank]
+    val_loader = DataLoader(CacheDataset(val_files, transforms.validation(), progress=False), batch_size=1)
 
-    description = describe(params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"], 2 if slices else None)
+    description = describe(
+        params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"], 2 if slices else None
+    )
     network = build_network(description["network"]).to(device)
-    loss_function = build_loss(config.loss, config.loss_options, deep_supervision=config.network == "dynunet" and config.deep_supervision).to(device)
+    loss_function = build_loss(
+        config.loss, config.loss_options, deep_supervision=config.network == "dynunet" and config.deep_supervision
+    ).to(device)
     optimizer = build_optimizer(network.parameters(), config)
     scheduler = build_schedule(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    step_network = torch.compile(network) if config.compile and device.type == "cuda" else network
 
     checkpoint_path = out_dir / CHECKPOINT_FILE
-    fingerprint = _fingerprint(params, prep_dir / "manifest.csv", Path(split_json))
-    state = load_checkpoint(checkpoint_path, fingerprint)
+    fingerprint = _fingerprint(params, world.size, prep_dir / "manifest.csv", split_json)
+    state = load_checkpoint(
+        checkpoint_path, fingerprint
+    )  # every process reads it: multi-node runs need out_dir on shared storage
     progress, run_id = Progress(), None
     if state:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"], training_transforms)
+        restore_rng_state(state["rng"][world.rank], training_transforms)
         progress, run_id = Progress(**state["progress"]), state["mlflow_run_id"]
-        log.warning("resuming from %s after epoch %d", checkpoint_path, progress.epoch)
+        if world.main:
+            log.warning("resuming from %s after epoch %d", checkpoint_path, progress.epoch)
+    step_network = (
+        DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+        if world.size > 1
+        else network
+    )
+    if config.compile and device.type == "cuda":
+        step_network = torch.compile(step_network)
 
     foreground = [name for key, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if key != "0"]
-    with tracking.start(params.mlflow.experiment, run_id=run_id) as run:
-        if state is None:
-            mlflow.log_params(flatten(params))
+    with tracking.start(params.mlflow.experiment, run_id=run_id) if world.main else contextlib.nullcontext() as run:
+        if world.main and state is None:
+            mlflow.log_params({**flatten(params), "processes": world.size})
             mlflow.set_tags({**tracking.provenance_tags(), "dataset": dataset_meta["name"], "device": device.type})
             tracking.log_dataset(manifest.reset_index(), source=prep_dir, name=dataset_meta["name"])
             for record in ("fingerprint.json", "plan.json", "validation.csv"):
                 mlflow.log_artifact(str(prep_dir / record), artifact_path="data")
-        write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+        if world.main:
+            write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
         while progress.epoch < config.epochs and not progress.stopped:
             started = time.monotonic()
             progress.epoch += 1
-            bar = tqdm(train_loader, desc=f"epoch {progress.epoch}/{config.epochs}", unit="batch", leave=False)
-            mean_loss = train_one_epoch(step_network, bar, loss_function, optimizer, scaler, device)
+            if sampler is not None:
+                sampler.set_epoch(progress.epoch)
+            ce_weight = ce_weight_at(config.loss_options, progress.epoch, config.epochs)
+            set_ce_weight(loss_function, ce_weight)
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {progress.epoch}/{config.epochs}",
+                unit="batch",
+                leave=False,
+                disable=not world.main,
+            )
+            measured = train_one_epoch(step_network, bar, loss_function, optimizer, scaler, device)
             scheduler.step()
-            progress.minutes += (time.monotonic() - started) / 60
-            record: dict[str, float] = {"epoch": progress.epoch, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
-            last = progress.epoch == config.epochs or bool(_stop_reason(progress, config))
-            if progress.epoch % config.val_every == 0 or last:
+            seconds = world.broadcast(time.monotonic() - started)
+            progress.minutes += seconds / 60
+            record: dict[str, float] = {
+                "epoch": progress.epoch,
+                "train_loss": world.mean(measured["train_loss"]),
+                "lr": scheduler.get_last_lr()[0],
+                "data_wait_fraction": world.mean(measured["data_wait_fraction"]),
+                "samples_per_s": len(train_loader) * config.batch_size * world.size / seconds,
+            }
+            if ce_weight is not None:
+                record["ce_weight"] = ce_weight
+            out_of_time = config.max_minutes is not None and progress.minutes >= config.max_minutes
+            if progress.epoch % config.val_every == 0 or progress.epoch == config.epochs or out_of_time:
                 dice = validation_dice(network, val_loader, description, device)
                 record.update({f"val_dice_{name}": float(d) for name, d in zip(foreground, dice)})
                 record["val_dice_mean"] = float(dice.nanmean())
                 _record_validation(progress, record["val_dice_mean"], network)
             progress.history.append(record)
             progress.stopped = _stop_reason(progress, config)
+            rng = world.gather(rng_state(training_transforms))
+            if not world.main:
+                continue
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=progress.epoch)
-            log.info("epoch %d: %s", progress.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+            log.info(
+                "epoch %d: %s", progress.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+            )
             write_csv(out_dir / HISTORY_FILE, pd.DataFrame(progress.history))
             save_checkpoint(
                 checkpoint_path,
@@ -192,27 +291,38 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "rng": rng_state(training_transforms),
+                    "rng": rng,
                     "progress": asdict(progress),
                     "mlflow_run_id": run.info.run_id,
                 },
             )
-        if progress.stopped:
-            log.warning("stopped after epoch %d: %s", progress.epoch, progress.stopped)
-        if config.keep == "best" and progress.best_weights is not None:
-            network.load_state_dict(progress.best_weights)
-        description["provenance"] = {
-            "mlflow_run_id": run.info.run_id,
-            "git_commit": tracking.git_commit()[0],
-            "epochs": progress.epoch,
-            "kept": f"best (epoch {progress.best_epoch})" if config.keep == "best" else "last",
-            "stopped": progress.stopped,
-            "final_val_dice": {k: v for k, v in progress.history[-1].items() if k.startswith("val_dice")},
-            "params": params.model_dump(),
-        }
-        save_model(out_dir / MODEL_FILE, network, description)
-        mlflow.log_artifact(str(out_dir / MODEL_FILE), artifact_path="model")
-        mlflow.log_artifact(str(out_dir / HISTORY_FILE))
-        mlflow.log_metrics({"train_minutes": progress.minutes, "best_val_dice_mean": progress.best_dice, "best_epoch": progress.best_epoch})
-    checkpoint_path.unlink()  # the run is complete; a later run must not resume from it
+        if world.main:
+            _finish(out_dir, network, description, progress, params, run)
     return progress.history[-1]
+
+
+def _finish(
+    out_dir: Path, network: torch.nn.Module, description: dict[str, Any], progress: Progress, params: Params, run
+) -> None:
+    """Write the model (the last or the best weights) with its provenance, and close the run."""
+    config = params.train
+    if progress.stopped:
+        log.warning("stopped after epoch %d: %s", progress.epoch, progress.stopped)
+    if config.keep == "best" and progress.best_weights is not None:
+        network.load_state_dict(progress.best_weights)
+    description["provenance"] = {
+        "mlflow_run_id": run.info.run_id,
+        "git_commit": tracking.git_commit()[0],
+        "epochs": progress.epoch,
+        "kept": f"best (epoch {progress.best_epoch})" if config.keep == "best" else "last",
+        "stopped": progress.stopped,
+        "final_val_dice": {k: v for k, v in progress.history[-1].items() if k.startswith("val_dice")},
+        "params": params.model_dump(),
+    }
+    save_model(out_dir / MODEL_FILE, network, description)
+    mlflow.log_artifact(str(out_dir / MODEL_FILE), artifact_path="model")
+    mlflow.log_artifact(str(out_dir / HISTORY_FILE))
+    mlflow.log_metrics(
+        {"train_minutes": progress.minutes, "best_val_dice_mean": progress.best_dice, "best_epoch": progress.best_epoch}
+    )
+    (out_dir / CHECKPOINT_FILE).unlink()  # the run is complete; a later run must not resume from it

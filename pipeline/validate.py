@@ -60,7 +60,11 @@ def _check_dimensions(path: Path, image: sitk.Image, dimensions: int) -> None:
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
     return all(
         np.allclose(x, y, atol=GEOMETRY_TOLERANCE, rtol=GEOMETRY_TOLERANCE)
-        for x, y in ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()), (a.GetDirection(), b.GetDirection()))
+        for x, y in (
+            (a.GetSpacing(), b.GetSpacing()),
+            (a.GetOrigin(), b.GetOrigin()),
+            (a.GetDirection(), b.GetDirection()),
+        )
     )
 
 
@@ -98,7 +102,11 @@ def case_result(case: Case, classes: set[int], dimensions: int) -> tuple[dict[st
         checked = check_case(case, classes, dimensions)
     except CaseRejected as rejected:
         return {"status": "rejected", "file": str(rejected.file), "reason": rejected.reason}, None
-    return {"status": "warning" if checked.warnings else "ok", "file": str(case.image), "reason": "; ".join(checked.warnings)}, checked
+    return {
+        "status": "warning" if checked.warnings else "ok",
+        "file": str(case.image),
+        "reason": "; ".join(checked.warnings),
+    }, checked
 
 
 def report(problems: list[Problem], results: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -110,7 +118,9 @@ def report(problems: list[Problem], results: dict[str, dict[str, Any]]) -> pd.Da
 
 def validate_dataset(dataset: Dataset) -> pd.DataFrame:
     classes = set(dataset.labels)
-    return report(dataset.problems, {case.case_id: case_result(case, classes, dataset.dimensions)[0] for case in dataset.cases})
+    return report(
+        dataset.problems, {case.case_id: case_result(case, classes, dataset.dimensions)[0] for case in dataset.cases}
+    )
 
 
 def validate(root: Path, report_csv: Path, config: DataConfig | None = None) -> pd.DataFrame:

@@ -59,7 +59,9 @@ class Series:
     def summary(self) -> str:
         size = "x".join(map(str, self.size))
         spacing = "x".join(f"{s:.3g}" for s in self.spacing)
-        note = "" if self.uniform else f", non-uniform slice gaps {min(self.slice_gaps):.3g}-{max(self.slice_gaps):.3g} mm"
+        note = (
+            "" if self.uniform else f", non-uniform slice gaps {min(self.slice_gaps):.3g}-{max(self.slice_gaps):.3g} mm"
+        )
         return f"[{self.index}] {self.description or '(no description)'}: {size} voxels, {spacing} mm, uid {self.uid or '(empty)'}{note}"
 
 
@@ -77,7 +79,9 @@ def _tag(reader: sitk.ImageFileReader, key: str) -> str:
 def _describe_series(index: int, uid: str, files: list[str]) -> Series:
     headers = [_header(f) for f in files]
     first = headers[0]
-    positions = [np.array([float(v) for v in _tag(h, "0020|0032").split("\\")]) for h in headers if _tag(h, "0020|0032")]
+    positions = [
+        np.array([float(v) for v in _tag(h, "0020|0032").split("\\")]) for h in headers if _tag(h, "0020|0032")
+    ]
     gaps: tuple[float, ...] = ()
     if len(positions) == len(files) > 1:
         direction = np.array(first.GetDirection()).reshape(3, 3)
@@ -116,7 +120,9 @@ def choose_series(folder: Path, choice: str | None = None) -> Series:
         return series[0]
     listing = "\n  ".join(s.summary() for s in series)
     if choice is None:
-        raise InputError(f"{folder}: holds {len(series)} series; choose one with --series INDEX|UID|DESCRIPTION:\n  {listing}")
+        raise InputError(
+            f"{folder}: holds {len(series)} series; choose one with --series INDEX|UID|DESCRIPTION:\n  {listing}"
+        )
     matches = [s for s in series if choice in (str(s.index), s.uid) or choice.lower() == s.description.lower()]
     if not matches:  # then a unique part of a description will do
         matches = [s for s in series if choice.lower() in s.description.lower()]
@@ -144,7 +150,9 @@ def read_series(folder: Path, series: Series) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as err:
-        raise InputError(f"{folder}: cannot read DICOM series {series.uid or '(empty uid)'}: {_first_line(err)}") from None
+        raise InputError(
+            f"{folder}: cannot read DICOM series {series.uid or '(empty uid)'}: {_first_line(err)}"
+        ) from None
 
 
 def _read_nifti(path: Path) -> sitk.Image:
@@ -192,7 +200,9 @@ def to_metatensor(image: sitk.Image) -> MetaTensor:
     if image.GetNumberOfComponentsPerPixel() > 1:  # vector pixels come first after the transpose
         array = np.moveaxis(array, 0, -1)
     affine = np.eye(dimension + 1)
-    affine[:dimension, :dimension] = np.array(image.GetDirection()).reshape(dimension, dimension) @ np.diag(image.GetSpacing())
+    affine[:dimension, :dimension] = np.array(image.GetDirection()).reshape(dimension, dimension) @ np.diag(
+        image.GetSpacing()
+    )
     affine[:dimension, dimension] = image.GetOrigin()
     lps_to_ras = np.diag([-1.0, -1.0] + [1.0] * (dimension - 1))
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=torch.as_tensor(lps_to_ras @ affine))

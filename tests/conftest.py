@@ -34,13 +34,25 @@ def tiny_params() -> Params:
         {
             "preprocess": {"workers": 1},
             "split": {"n_folds": 2},
-            "train": {"channels": [4, 8, 16], "num_res_units": 1, "patch_size": [32, 48, 32], "batch_size": 2, "epochs": 2, "val_every": 1},
+            "train": {
+                "channels": [4, 8, 16],
+                "num_res_units": 1,
+                "patch_size": [32, 48, 32],
+                "batch_size": 2,
+                "epochs": 2,
+                "val_every": 1,
+            },
         }
     )
 
 
 HIPPOCAMPUS_LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
-MRI_PLAN = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "crop_foreground": True, "intensity": {"scheme": "zscore"}}
+MRI_PLAN = {
+    "orientation": "RAS",
+    "spacing": [1.0, 1.0, 1.0],
+    "crop_foreground": True,
+    "intensity": {"scheme": "zscore"},
+}
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path, args, message):
 def test_a_model_file_that_is_not_a_model_is_named(tmp_path):
     (tmp_path / "scan.nii.gz").write_bytes(b"")
     (tmp_path / "model.pt").write_text("hello")
-    result = medseg("segment", tmp_path / "scan.nii.gz", "-o", tmp_path / "out", "--model", tmp_path / "model.pt", cwd=tmp_path)
+    result = medseg(
+        "segment", tmp_path / "scan.nii.gz", "-o", tmp_path / "out", "--model", tmp_path / "model.pt", cwd=tmp_path
+    )
     assert result.returncode == 2 and "model.pt: not a readable model file" in result.stderr
     assert "Traceback" not in result.stderr
 

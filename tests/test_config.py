@@ -51,7 +51,9 @@ def test_flatten_uses_dotted_keys():
 
 
 def test_set_overrides_take_yaml_values_and_are_checked():
-    params = render_preset(ROOT / "configs" / "smoke.yaml", ["train.epochs=7", "train.patch_size=[16, 16, 16]", "data.source=/x"])
+    params = render_preset(
+        ROOT / "configs" / "smoke.yaml", ["train.epochs=7", "train.patch_size=[16, 16, 16]", "data.source=/x"]
+    )
     assert params.train.epochs == 7 and params.train.patch_size == [16, 16, 16] and params.data.source == "/x"
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         render_preset(ROOT / "configs" / "smoke.yaml", ["train.epochs"])

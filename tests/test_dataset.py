@@ -47,8 +47,15 @@ def test_the_folders_layout_pairs_by_name_across_formats(tmp_path):
     (tmp_path / "images" / "e").mkdir()  # a DICOM series folder
     (tmp_path / "labels" / "e.nrrd").write_bytes(b"")
     dataset = read_dataset(tmp_path, DataConfig(labels={0: "background", 1: "organ"}, modality="CT"))
-    assert [(c.case_id, c.image.name, c.label.name) for c in dataset.cases] == [("a", "a.nrrd", "a.nii.gz"), ("b", "b.nii.gz", "b.nii.gz"), ("e", "e", "e.nrrd")]
-    assert {(p.case_id, p.reason) for p in dataset.problems} == {("c", "image has no label"), ("d", "label has no image")}
+    assert [(c.case_id, c.image.name, c.label.name) for c in dataset.cases] == [
+        ("a", "a.nrrd", "a.nii.gz"),
+        ("b", "b.nii.gz", "b.nii.gz"),
+        ("e", "e", "e.nrrd"),
+    ]
+    assert {(p.case_id, p.reason) for p in dataset.problems} == {
+        ("c", "image has no label"),
+        ("d", "label has no image"),
+    }
     assert dataset.modality == "CT" and dataset.labels == {0: "background", 1: "organ"}
     with pytest.raises(DatasetError, match="needs data.labels and data.modality"):
         read_dataset(tmp_path)

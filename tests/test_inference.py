@@ -18,7 +18,12 @@ class OracleOfBrightness(torch.nn.Module):
 
 
 def _description(spacing=None, crop=False, patch=(32, 32, 32)):
-    plan = {"orientation": "RAS", "spacing": spacing or [1.0, 1.0, 1.0], "crop_foreground": crop, "intensity": {"scheme": "zscore"}}
+    plan = {
+        "orientation": "RAS",
+        "spacing": spacing or [1.0, 1.0, 1.0],
+        "crop_foreground": crop,
+        "intensity": {"scheme": "zscore"},
+    }
     return describe(Params(), HIPPOCAMPUS_LABELS, "MRI", plan, list(patch))
 
 
@@ -28,7 +33,9 @@ def _predict(network, description, path):
 
 @pytest.mark.parametrize("crop", [False, True], ids=["whole", "cropped"])
 @pytest.mark.parametrize("spacing", [None, [1.5, 1.5, 2.0]])
-@pytest.mark.parametrize("axcodes_affine", [np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-0.9, -0.9, 1.3, 1.0])], ids=["RAS", "LPS"])
+@pytest.mark.parametrize(
+    "axcodes_affine", [np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-0.9, -0.9, 1.3, 1.0])], ids=["RAS", "LPS"]
+)
 def test_prediction_lands_on_the_input_grid(tmp_path, spacing, axcodes_affine, crop):
     image, truth = synthetic_pair(shape=(45, 38, 29))
     image[:5], truth[:5] = 0, 0  # a zero border for the foreground crop to remove

@@ -34,7 +34,11 @@ def test_unusable_model_files_are_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("network", "channels", "extra"),
-    [("unet", [4, 8, 16], {}), ("dynunet", [4, 8, 16], {"deep_supervision": True}), ("basicunet", [4, 4, 8, 8, 16], {})],
+    [
+        ("unet", [4, 8, 16], {}),
+        ("dynunet", [4, 8, 16], {"deep_supervision": True}),
+        ("basicunet", [4, 4, 8, 8, 16], {}),
+    ],
 )
 def test_every_network_maps_a_patch_to_class_logits(network, channels, extra):
     params = Params.model_validate({"train": {"network": network, "channels": channels, **extra}})

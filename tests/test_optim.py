@@ -17,7 +17,9 @@ def _rates(config: TrainConfig) -> list[float]:
     return rates
 
 
-@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize(
+    ("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]
+)
 def test_optimizers(name, kind):
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer=name))
     assert type(optimizer) is kind

@@ -71,7 +71,11 @@ def test_the_run_is_in_mlflow_with_provenance(project):
     assert logged.data.tags["dvc.raw_data_md5"] == raw_hash
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
     assert {"model", "evaluation", "history.csv", "data"} <= artifacts
-    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "data")} == {"data/fingerprint.json", "data/plan.json", "data/validation.csv"}
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "data")} == {
+        "data/fingerprint.json",
+        "data/plan.json",
+        "data/validation.csv",
+    }
 
 
 def test_segment_writes_labels_on_the_grid_of_an_unseen_case(project, tmp_path):

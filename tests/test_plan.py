@@ -15,7 +15,12 @@ def _image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=None) -> sitk.I
 
 
 def _fingerprint(spacing, shape=(20, 30, 40), foreground=(0.0, 100.0)):
-    return {"spacing": list(spacing), "shape": list(shape), "class_voxels": {}, "foreground_sample": list(np.linspace(*foreground, 201))}
+    return {
+        "spacing": list(spacing),
+        "shape": list(shape),
+        "class_voxels": {},
+        "foreground_sample": list(np.linspace(*foreground, 201)),
+    }
 
 
 def test_fingerprint_counts_classes_and_samples_the_foreground_only():
@@ -27,7 +32,9 @@ def test_fingerprint_counts_classes_and_samples_the_foreground_only():
     assert fingerprint["class_voxels"] == {"0": 78, "1": 12, "2": 30}
     assert set(fingerprint["foreground_sample"]) == {500.0}
     assert fingerprint["spacing"] == [0.5, 0.6, 2.0] and fingerprint["shape"] == [6, 5, 4]
-    assert case_fingerprint("case", _image(pixels), _image(labels)) == case_fingerprint("case", _image(pixels), _image(labels))
+    assert case_fingerprint("case", _image(pixels), _image(labels)) == case_fingerprint(
+        "case", _image(pixels), _image(labels)
+    )
 
 
 def test_fingerprint_puts_axes_in_world_order():
@@ -54,7 +61,9 @@ def test_ct_is_clipped_to_foreground_percentiles_then_standardised():
 
 
 def test_a_fixed_window_maps_to_minus_one_one():
-    intensity = plan_preprocessing([_fingerprint((1, 1, 1))], "CT", PreprocessConfig(normalization="window", window=[-160, 240]))["intensity"]
+    intensity = plan_preprocessing(
+        [_fingerprint((1, 1, 1))], "CT", PreprocessConfig(normalization="window", window=[-160, 240])
+    )["intensity"]
     assert (intensity["low"] - intensity["mean"]) / intensity["std"] == -1
     assert (intensity["high"] - intensity["mean"]) / intensity["std"] == 1
 

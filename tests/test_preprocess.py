@@ -26,7 +26,9 @@ def test_real_cases_are_planned_reoriented_normalised_and_listed(hippocampus, tm
     out = tmp_path / "prep"
     manifest = preprocess(hippocampus, out, DataConfig(), SERIAL)
     assert len(manifest) == 6 and _rejected(out) == {}
-    assert {"case_id", "raw_image", "image", "label", "original_shape", "shape", "crop_start", "voxels_1"} <= set(manifest.columns)
+    assert {"case_id", "raw_image", "image", "label", "original_shape", "shape", "crop_start", "voxels_1"} <= set(
+        manifest.columns
+    )
     image, label = nib.load(out / manifest.image[0]), nib.load(out / manifest.label[0])
     assert image.get_data_dtype() == np.float32 and label.get_data_dtype() == np.uint8
     data = image.get_fdata()
@@ -48,11 +50,15 @@ def test_the_float32_label_is_read_as_classes(hippocampus, tmp_path):
 def test_cases_are_resampled_to_the_target_and_cropped_to_their_foreground(hippocampus, tmp_path):
     path = hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
     padded = np.pad(nib.load(path).get_fdata(), ((4, 0), (0, 0), (0, 0)))
-    label = np.pad(np.asanyarray(nib.load(hippocampus / "labelsTr" / "hippocampus_001.nii.gz").dataobj), ((4, 0), (0, 0), (0, 0)))
+    label = np.pad(
+        np.asanyarray(nib.load(hippocampus / "labelsTr" / "hippocampus_001.nii.gz").dataobj), ((4, 0), (0, 0), (0, 0))
+    )
     write_volume(path, padded.astype(np.float32), nib.load(path).affine)
     write_volume(hippocampus / "labelsTr" / "hippocampus_001.nii.gz", label, nib.load(path).affine)
     out = tmp_path / "prep"
-    manifest = preprocess(hippocampus, out, DataConfig(), PreprocessConfig(workers=1, spacing=[2.0, 2.0, 2.0])).set_index("case_id")
+    manifest = preprocess(
+        hippocampus, out, DataConfig(), PreprocessConfig(workers=1, spacing=[2.0, 2.0, 2.0])
+    ).set_index("case_id")
     case = manifest.loc["hippocampus_001"]
     written = nib.load(out / case.image)
     assert np.allclose(written.header.get_zooms(), 2.0)
@@ -71,8 +77,12 @@ def test_a_second_run_reads_nothing_unchanged_and_redoes_only_what_changed(hippo
     monkeypatch.setattr(validation, "check_case", spy)  # validating
     second = preprocess(hippocampus, out, DataConfig(), SERIAL)
     assert calls == [] and second.equals(first)
-    shutil.copy(hippocampus / "imagesTr" / "hippocampus_149.nii.gz", hippocampus / "imagesTr" / "hippocampus_177.nii.gz")
-    shutil.copy(hippocampus / "labelsTr" / "hippocampus_149.nii.gz", hippocampus / "labelsTr" / "hippocampus_177.nii.gz")
+    shutil.copy(
+        hippocampus / "imagesTr" / "hippocampus_149.nii.gz", hippocampus / "imagesTr" / "hippocampus_177.nii.gz"
+    )
+    shutil.copy(
+        hippocampus / "labelsTr" / "hippocampus_149.nii.gz", hippocampus / "labelsTr" / "hippocampus_177.nii.gz"
+    )
     preprocess(hippocampus, out, DataConfig(), SERIAL)
     assert calls == ["hippocampus_177", "hippocampus_177"], "validated once, prepared once"
 
@@ -82,7 +92,9 @@ def test_a_process_pool_gives_the_same_result_as_one_process(hippocampus, tmp_pa
     pooled = preprocess(hippocampus, tmp_path / "pooled", DataConfig(), PreprocessConfig(workers=2))
     assert serial.equals(pooled)
     for name in serial.image:
-        np.testing.assert_array_equal(nib.load(tmp_path / "serial" / name).get_fdata(), nib.load(tmp_path / "pooled" / name).get_fdata())
+        np.testing.assert_array_equal(
+            nib.load(tmp_path / "serial" / name).get_fdata(), nib.load(tmp_path / "pooled" / name).get_fdata()
+        )
 
 
 def test_a_bad_case_is_skipped_or_stops_the_stage_when_asked(hippocampus, tmp_path):
@@ -90,7 +102,9 @@ def test_a_bad_case_is_skipped_or_stops_the_stage_when_asked(hippocampus, tmp_pa
     manifest = preprocess(hippocampus, tmp_path / "prep", DataConfig(), SERIAL)
     assert "hippocampus_149" not in set(manifest.case_id) and len(manifest) == 5
     assert "not an image in a supported format" in _rejected(tmp_path / "prep")["hippocampus_149"]
-    with pytest.raises(DatasetError, match=r"1 case\(s\) rejected \(preprocess.on_rejected is 'fail'\); see .*validation.csv"):
+    with pytest.raises(
+        DatasetError, match=r"1 case\(s\) rejected \(preprocess.on_rejected is 'fail'\); see .*validation.csv"
+    ):
         preprocess(hippocampus, tmp_path / "prep2", DataConfig(), PreprocessConfig(workers=1, on_rejected="fail"))
 
 
@@ -113,7 +127,9 @@ def test_real_ct_is_clipped_and_standardised_from_its_foreground(tmp_path):
     out = tmp_path / "prep"
     manifest = preprocess(tmp_path / "ds", out, data, SERIAL)
     intensity = json.loads((out / "plan.json").read_text())["intensity"]
-    assert intensity["scheme"] == "clip_zscore" and -1100 < intensity["low"] < intensity["mean"] < intensity["high"] < 3100
+    assert (
+        intensity["scheme"] == "clip_zscore" and -1100 < intensity["low"] < intensity["mean"] < intensity["high"] < 3100
+    )
     image = nib.load(out / manifest.image[0]).get_fdata()
     assert image.max() <= (intensity["high"] - intensity["mean"]) / intensity["std"] + 1e-4
 
@@ -139,14 +155,20 @@ def test_declared_label_values_become_class_indices(hippocampus, tmp_path):
     manifest = preprocess(hippocampus, out, DataConfig(), SERIAL)
     assert set(np.unique(nib.load(out / manifest.label[0]).get_fdata())) == {0, 1, 2}
     described = json.loads((out / "dataset.json").read_text())
-    assert described["label_values"] == [0, 10, 20] and described["labels"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
+    assert described["label_values"] == [0, 10, 20] and described["labels"] == {
+        "0": "background",
+        "1": "Anterior",
+        "2": "Posterior",
+    }
     assert manifest.voxels_10[0] > 0
 
 
 def test_outputs_of_another_version_are_redone_not_trusted(hippocampus, tmp_path):
     out = tmp_path / "prep"
     out.mkdir()
-    pd.DataFrame({"case_id": ["hippocampus_001"], "image": ["images/hippocampus_001.nii.gz"]}).to_csv(out / "manifest.csv", index=False)
+    pd.DataFrame({"case_id": ["hippocampus_001"], "image": ["images/hippocampus_001.nii.gz"]}).to_csv(
+        out / "manifest.csv", index=False
+    )
     (out / "fingerprint.json").write_text('{"cases": {"hippocampus_001": {"digest": "x"}}}')
     manifest = preprocess(hippocampus, out, DataConfig(), SERIAL)
     assert len(manifest) == 6 and (out / manifest.image[0]).is_file()

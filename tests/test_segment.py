@@ -10,7 +10,9 @@ from tests.conftest import HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volu
 def test_output_has_the_input_name_shape_affine_and_uint8(untrained_model, tmp_path):
     source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_177.nii.gz"
     lps = nib.load(source)
-    lps_path = write_volume(tmp_path / "in" / "lps_case.nii", np.asanyarray(lps.dataobj)[::-1, ::-1], np.diag([-1, -1, 1, 1]) @ lps.affine)
+    lps_path = write_volume(
+        tmp_path / "in" / "lps_case.nii", np.asanyarray(lps.dataobj)[::-1, ::-1], np.diag([-1, -1, 1, 1]) @ lps.affine
+    )
     failures = segment([source, tmp_path / "in"], tmp_path / "out", untrained_model)
     assert failures == []
     for original in (source, lps_path):
@@ -77,7 +79,9 @@ def test_labels_are_written_with_the_values_of_the_training_data(tiny_params, tm
     from pipeline.model import build_network, describe, save_model
     from tests.conftest import HIPPOCAMPUS_LABELS, MRI_PLAN
 
-    description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size, label_values=[0, 10, 20])
+    description = describe(
+        tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size, label_values=[0, 10, 20]
+    )
     save_model(tmp_path / "model.pt", build_network(description["network"]), description)
     source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_252.nii.gz"
     assert segment([source], tmp_path / "out", tmp_path / "model.pt") == []

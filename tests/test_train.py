@@ -31,6 +31,11 @@ def _train(root, params, name):
     return training.train(root / "prep", root / "split.json", root / name, params)
 
 
+def _history(models):
+    """The history without its timings, which no two runs share."""
+    return pd.read_csv(models / "history.csv").drop(columns=training.TIMING_COLUMNS)
+
+
 def _weights(path):
     return load_model(path)[0].state_dict()
 
@@ -56,7 +61,7 @@ def test_the_same_params_and_seed_give_the_same_model(prepared, tiny_params):
     _train(prepared, tiny_params, "second")
     first, second = _weights(prepared / "first" / "model.pt"), _weights(prepared / "second" / "model.pt")
     assert all(torch.equal(first[k], second[k]) for k in first)
-    assert pd.read_csv(prepared / "first" / "history.csv").equals(pd.read_csv(prepared / "second" / "history.csv"))
+    assert _history(prepared / "first").equals(_history(prepared / "second"))
 
 
 def test_a_run_killed_after_an_epoch_resumes_to_the_same_result(prepared, tiny_params, monkeypatch):
@@ -97,9 +102,27 @@ def test_a_checkpoint_from_other_params_is_refused_not_silently_restarted(prepar
 @pytest.mark.parametrize(
     "options",
     [
-        {"network": "dynunet", "deep_supervision": True, "loss": "dice_focal", "optimizer": "sgd", "schedule": "poly", "warmup_epochs": 1},
-        {"network": "basicunet", "channels": [4, 4, 8, 8, 8], "patch_size": [32, 48, 32], "loss": "tversky", "optimizer": "adam", "schedule": "step"},
-        {"loss": "weighted_ce", "loss_options": {"class_weights": [0.1, 1.0, 1.0]}, "augmentation": {"elastic_prob": 1.0, "affine_prob": 1.0}},
+        {
+            "network": "dynunet",
+            "deep_supervision": True,
+            "loss": "dice_focal",
+            "optimizer": "sgd",
+            "schedule": "poly",
+            "warmup_epochs": 1,
+        },
+        {
+            "network": "basicunet",
+            "channels": [4, 4, 8, 8, 8],
+            "patch_size": [32, 48, 32],
+            "loss": "tversky",
+            "optimizer": "adam",
+            "schedule": "step",
+        },
+        {
+            "loss": "weighted_ce",
+            "loss_options": {"class_weights": [0.1, 1.0, 1.0]},
+            "augmentation": {"elastic_prob": 1.0, "affine_prob": 1.0},
+        },
     ],
     ids=["dynunet-deep-supervision", "basicunet", "weighted-ce-heavy-augmentation"],
 )
@@ -121,7 +144,9 @@ def test_early_stopping_keeps_the_best_validated_weights(prepared, tiny_params):
     history = pd.read_csv(prepared / "models" / "history.csv")
     assert list(history.epoch) == [1, 2]
     provenance = load_model(prepared / "models" / "model.pt")[1]["provenance"]
-    assert provenance["kept"] == "best (epoch 1)" and "no better validation Dice in 1 validations" in provenance["stopped"]
+    assert (
+        provenance["kept"] == "best (epoch 1)" and "no better validation Dice in 1 validations" in provenance["stopped"]
+    )
 
 
 def test_a_time_budget_ends_training_with_a_validation(prepared, tiny_params):
@@ -141,7 +166,9 @@ def test_sigkill_mid_training_then_the_same_command_reaches_the_same_model(prepa
         return [sys.executable, "-m", "pipeline", "train", "prep", "split.json", out, "-p", "params.yaml"]
 
     subprocess.run(command("whole"), cwd=prepared, env=env, check=True, capture_output=True)
-    victim = subprocess.Popen(command("killed"), cwd=prepared, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        command("killed"), cwd=prepared, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoint = prepared / "killed" / "checkpoint.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline and victim.poll() is None:
@@ -156,4 +183,21 @@ def test_sigkill_mid_training_then_the_same_command_reaches_the_same_model(prepa
     assert f"resuming from killed/checkpoint.pt after epoch {epochs_done}" in resumed.stderr
     expected, got = _weights(prepared / "whole" / "model.pt"), _weights(prepared / "killed" / "model.pt")
     assert all(torch.allclose(expected[k], got[k]) for k in expected)
-    assert pd.read_csv(prepared / "whole" / "history.csv").equals(pd.read_csv(prepared / "killed" / "history.csv"))
+    assert _history(prepared / "whole").equals(_history(prepared / "killed"))
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_cpu_processes_and_one_writer(prepared, tiny_params):
+    params = _with(tiny_params, epochs=2, val_every=1)
+    (prepared / "params.yaml").write_text(params_yaml(params))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{prepared / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "pipeline", "train", "prep", "split.json", "models", "-p", "params.yaml"]
+    result = subprocess.run(command, cwd=prepared, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(_history(prepared / "models").epoch) == [1, 2]
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("medseg").experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["processes"] == "2", "rank 0 alone logs"
+    assert result.stdout.count("final epoch") == 2  # each process reports; only rank 0 wrote files
+    assert sorted(p.name for p in (prepared / "models").iterdir()) == ["history.csv", "mlflow_run.json", "model.pt"]

@@ -2,6 +2,7 @@
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,6 +15,7 @@ from pipeline.preprocess import preprocess
 from pipeline.segment import segment
 from pipeline.split import split
 from pipeline.train import train
+from pipeline.unet_paper import output_size
 from tests.conftest import FIXTURES
 
 ISBI_FIXTURE = FIXTURES / "isbi2012"
@@ -39,7 +41,14 @@ def test_isbi_slices_train_a_2d_unet_and_segment_pngs_with_their_label_values(is
             "data": {"labels": {0: "membrane", 255: "cell"}, "modality": "EM", "dimensions": 2},
             "preprocess": {"workers": 1, "crop_foreground": False},
             "split": {"n_folds": 3},
-            "train": {"channels": [4, 8, 16], "num_res_units": 1, "patch_size": [64, 64], "batch_size": 2, "epochs": 2, "val_every": 1},
+            "train": {
+                "channels": [4, 8, 16],
+                "num_res_units": 1,
+                "patch_size": [64, 64],
+                "batch_size": 2,
+                "epochs": 2,
+                "val_every": 1,
+            },
         }
     )
     summary = _run(params, ISBI_FIXTURE, isolated)
@@ -56,7 +65,15 @@ def test_slice_wise_training_on_volumes_segments_whole_volumes(isolated, hippoca
         {
             "preprocess": {"workers": 1},
             "split": {"n_folds": 2},
-            "train": {"mode": "2d", "channels": [4, 8, 16], "num_res_units": 1, "patch_size": [32, 48], "batch_size": 4, "epochs": 2, "val_every": 1},
+            "train": {
+                "mode": "2d",
+                "channels": [4, 8, 16],
+                "num_res_units": 1,
+                "patch_size": [32, 48],
+                "batch_size": 4,
+                "epochs": 2,
+                "val_every": 1,
+            },
         }
     )
     summary = _run(params, hippocampus, isolated)
@@ -68,6 +85,60 @@ def test_slice_wise_training_on_volumes_segments_whole_volumes(isolated, hippoca
 
 
 def test_a_patch_of_the_wrong_rank_is_named(isolated, hippocampus):
-    params = Params.model_validate({"preprocess": {"workers": 1}, "split": {"n_folds": 2}, "train": {"mode": "2d", "patch_size": [32, 48, 32], "epochs": 1}})
+    params = Params.model_validate(
+        {
+            "preprocess": {"workers": 1},
+            "split": {"n_folds": 2},
+            "train": {"mode": "2d", "patch_size": [32, 48, 32], "epochs": 1},
+        }
+    )
     with pytest.raises(ConfigError, match=r"train.patch_size: \[32, 48, 32\] does not fit 2D slices"):
         _run(params, hippocampus, isolated)
+
+
+def test_the_papers_unet_trains_on_weight_maps_and_segments_by_overlap_tile(isolated):
+    params = Params.model_validate(
+        {
+            "data": {"labels": {0: "membrane", 255: "cell"}, "modality": "EM", "dimensions": 2},
+            "preprocess": {"workers": 1, "crop_foreground": False, "weight_map": {"w0": 10, "sigma": 5}},
+            "split": {"n_folds": 3},
+            "train": {
+                "network": "unet_paper",
+                "norm": "none",
+                "channels": [4, 8, 16],
+                "patch_size": [76, 76],
+                "loss": "weight_map_ce",
+            }
+            | {"batch_size": 2, "epochs": 2, "val_every": 1},
+        }
+    )
+    summary = _run(params, ISBI_FIXTURE, isolated)
+    assert 0 <= summary["dice_cell"] <= 1
+    weights = sorted((isolated / "prep" / "weights").glob("*.nii.gz"))
+    assert len(weights) == 3 and np.asarray(nib.load(weights[0]).dataobj).max() > 5  # borders between touching cells
+    description = load_model(isolated / "models" / "model.pt")[1]
+    assert description["network"]["name"] == "unet_paper" and description["patch_size"] == [76, 76]
+    assert segment([ISBI_FIXTURE / "images" / "2.png"], isolated / "out", isolated / "models" / "model.pt") == []
+    assert sitk.ReadImage(str(isolated / "out" / "2.png")).GetSize() == (128, 128)
+
+
+def test_slice_wise_paper_unet_on_volumes_plans_a_valid_tile(isolated, hippocampus):
+    params = Params.model_validate(
+        {
+            "preprocess": {"workers": 1},
+            "split": {"n_folds": 2},
+            "train": {"mode": "2d", "network": "unet_paper", "channels": [4, 8, 16], "patch_size": None, "epochs": 1},
+        }
+    )
+    summary = _run(params, hippocampus, isolated)
+    assert 0 <= summary["dice_mean"] <= 1
+    tile = load_model(isolated / "models" / "model.pt")[1]["patch_size"]
+    assert [output_size(size, depth=2) for size in tile] == [
+        36,
+        52,
+    ]  # the median slice (35 x 50) rounded up to whole tiles
+
+
+def test_weight_map_ce_without_weight_maps_says_what_to_set():
+    with pytest.raises(ValueError, match="needs preprocess.weight_map"):
+        Params.model_validate({"train": {"loss": "weight_map_ce"}})

@@ -119,7 +119,9 @@ def test_the_planted_outliers_are_all_rejected(hippocampus, tmp_path):
     shutil.copy(outliers / "labels" / "hippocampus_281.nii.gz", hippocampus / "labelsTr")
     shutil.copy(hippocampus / "imagesTr" / f"{CASE}.nii.gz", hippocampus / "imagesTr" / "hippocampus_281.nii.gz")
     meta = json.loads((hippocampus / "dataset.json").read_text())
-    meta["training"].append({"image": "./imagesTr/hippocampus_281.nii.gz", "label": "./labelsTr/hippocampus_281.nii.gz"})
+    meta["training"].append(
+        {"image": "./imagesTr/hippocampus_281.nii.gz", "label": "./labelsTr/hippocampus_281.nii.gz"}
+    )
     (hippocampus / "dataset.json").write_text(json.dumps(meta))
     report = validate(hippocampus, tmp_path / "report.csv").set_index("case_id")
     assert report.loc[["hippocampus_118", "hippocampus_010", "hippocampus_281"], "status"].eq("rejected").all()
@@ -134,7 +136,9 @@ def test_a_folders_dataset_of_dicom_images_and_nrrd_labels(tmp_path):
     shutil.copytree(source / "ct-3slice", tmp_path / "ds" / "images" / "ct")
     (tmp_path / "ds" / "labels").mkdir()
     shutil.copy(source / "liver_spine_seg.nrrd", tmp_path / "ds" / "labels" / "ct.nrrd")
-    report = validate(tmp_path / "ds", tmp_path / "r.csv", DataConfig(labels={0: "background", 1: "liver", 2: "spine"}, modality="CT"))
+    report = validate(
+        tmp_path / "ds", tmp_path / "r.csv", DataConfig(labels={0: "background", 1: "liver", 2: "spine"}, modality="CT")
+    )
     assert list(report.status) == ["ok"], report.reason.tolist()
 
 
@@ -148,5 +152,7 @@ def test_isbi_png_slices_validate_as_a_2d_dataset(tmp_path):
     config = DataConfig(labels={0: "membrane", 255: "cell"}, modality="EM", dimensions=2)
     report = validate(tmp_path / "ds", tmp_path / "r.csv", config)
     assert list(report.status) == ["ok", "ok"], report.reason.tolist()
-    as_3d = validate(tmp_path / "ds", tmp_path / "r.csv", DataConfig(labels={0: "membrane", 255: "cell"}, modality="EM"))
+    as_3d = validate(
+        tmp_path / "ds", tmp_path / "r.csv", DataConfig(labels={0: "membrane", 255: "cell"}, modality="EM")
+    )
     assert "2D image (512x512) in a 3D dataset" in as_3d.reason[0]

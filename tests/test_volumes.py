@@ -21,7 +21,9 @@ def test_strip_suffix_knows_double_suffixes():
     assert strip_suffix(HIPPOCAMPUS_FIXTURE / "dicom_folder") == "dicom_folder"
 
 
-@pytest.mark.parametrize("affine", [np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-0.8, -0.9, 2.5, 1.0])], ids=["RAS", "LPS-anisotropic"])
+@pytest.mark.parametrize(
+    "affine", [np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-0.8, -0.9, 2.5, 1.0])], ids=["RAS", "LPS-anisotropic"]
+)
 def test_metatensor_matches_nibabel_array_and_affine(tmp_path, affine):
     affine = affine.copy()
     affine[:3, 3] = [3, -7, 11]
@@ -82,7 +84,11 @@ def test_a_study_lists_its_series_and_one_is_chosen_by_index_uid_or_description(
     assert series[0].size == (280, 320, 22) and np.allclose(series[0].spacing, (0.6875, 0.6875, 6.5), atol=1e-3)
     with pytest.raises(InputError, match=r"holds 5 series; choose one with --series(.|\n)*\[1\] HippoCrop: 34x50x40"):
         choose_series(MR_STUDY)
-    by_index, by_uid, by_name = choose_series(MR_STUDY, "1"), choose_series(MR_STUDY, series[1].uid), choose_series(MR_STUDY, "hippocrop")
+    by_index, by_uid, by_name = (
+        choose_series(MR_STUDY, "1"),
+        choose_series(MR_STUDY, series[1].uid),
+        choose_series(MR_STUDY, "hippocrop"),
+    )
     assert by_index == by_uid == by_name == series[1]
     assert read_image(MR_STUDY, "HippoCrop").GetSize() == (34, 50, 40)
     with pytest.raises(InputError, match="--series 'reg' matches 3 series"):
@@ -108,4 +114,6 @@ def test_nrrd_labels_share_the_grid_of_their_dicom_series():
 def test_png_slices_read_as_2d():
     image = read_image(SHARED / "isbi2012" / "train" / "image" / "0.png")
     assert image.GetDimension() == 2 and image.GetSize() == (512, 512)
-    assert set(np.unique(sitk.GetArrayViewFromImage(read_image(SHARED / "isbi2012" / "train" / "label" / "0.png")))) <= {0, 255}
+    assert set(
+        np.unique(sitk.GetArrayViewFromImage(read_image(SHARED / "isbi2012" / "train" / "label" / "0.png")))
+    ) <= {0, 255}
