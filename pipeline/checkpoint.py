@@ -66,6 +66,6 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
         ) from None
     if state.get("fingerprint") != fingerprint:
         raise CheckpointError(
-            f"{path}: was written by a run with other parameters or code; delete it to start training afresh"
+            f"{path}: was written by a run with other parameters, data or number of processes; delete it to start training afresh"
         )
     return state

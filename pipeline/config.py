@@ -146,6 +146,11 @@ class TrainConfig(_Section):
     amp: bool = Field(False, description="Mixed precision, on CUDA only.")
     compile: bool = Field(False, description="torch.compile, on CUDA only.")
     max_train_cases: int | None = Field(None, description="Train on at most this many cases (smoke runs).")
+    data_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes preparing training batches; null: none on a CPU (they would take its cores), 4 per GPU.",
+    )
     augmentation: AugmentationConfig = AugmentationConfig()
 
 

@@ -138,6 +138,62 @@ def _record_validation(progress: Progress, dice: float, network: torch.nn.Module
         progress.validations_since_best += 1
 
 
+@dataclass
+class TrainingData:
+    meta: dict[str, Any]
+    manifest: pd.DataFrame
+    patch_size: list[int]
+    slices: bool
+    transforms: Any
+    train_loader: DataLoader
+    sampler: DistributedSampler | None
+    val_loader: DataLoader
+
+
+def _training_data(prep_dir: Path, split_json: Path, params: Params, world: World) -> TrainingData:
+    """The cached datasets and their loaders; under torchrun, this process's share of them."""
+    config = params.train
+    meta = json.loads((prep_dir / "dataset.json").read_text())
+    manifest = pd.read_csv(prep_dir / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
+    split = json.loads(split_json.read_text())
+    weighted = config.loss == "weight_map_ce"
+    if weighted and not ("weight" in manifest.columns and manifest["weight"].notna().all()):
+        raise ConfigError(
+            f"{prep_dir}: has no weight maps; set preprocess.weight_map and run the preprocess stage again"
+        )
+
+    fingerprint_file = json.loads((prep_dir / "fingerprint.json").read_text())
+    fingerprints = [c["fingerprint"] for c in fingerprint_file["cases"].values() if "fingerprint" in c]
+    slices = config.mode == "2d" and meta["dimensions"] == 3
+    patch_size = _patch_size(config, median_shape(fingerprints, meta["preprocess"]["spacing"])[: 2 if slices else None])
+    if len(patch_size) != (2 if slices else meta["dimensions"]):
+        data_kind = "2D slices" if slices else f"{meta['dimensions']}D data"
+        raise ConfigError(f"train.patch_size: {patch_size} does not fit {data_kind}")
+    training_transforms = transforms.training(patch_size, config.augmentation, slices, weighted)
+    train_files = _case_files(prep_dir, manifest, split["train"][: config.max_train_cases], weighted)
+    train_set = CacheDataset(train_files, training_transforms, progress=False)
+    sampler = (
+        DistributedSampler(train_set, world.size, world.rank, seed=params.seed, drop_last=True)
+        if world.size > 1
+        else None
+    )
+    workers = config.data_workers if config.data_workers is not None else (4 if world.device.type == "cuda" else 0)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(train_set) > config.batch_size * world.size,
+        num_workers=workers,  # they start afresh each epoch, seeded from the saved RNG: resume stays exact
+        pin_memory=world.device.type == "cuda",
+    )
+    # each process validates its share of the cases; MONAI's metric gathers the scores from all
+    val_files = _case_files(prep_dir, manifest, split["validation"])
+    val_share = partition_dataset(val_files, num_partitions=world.size, even_divisible=False)[world.rank]
+    val_loader = DataLoader(CacheDataset(val_share, transforms.validation(), progress=False), batch_size=1)
+    return TrainingData(meta, manifest, patch_size, slices, training_transforms, train_loader, sampler, val_loader)
+
+
 def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> dict[str, Any]:
     """Train in this process, or in each of the processes that ``torchrun`` started."""
     world = distributed.join()
@@ -151,53 +207,17 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
     config, device = params.train, world.device
     set_determinism(seed=params.seed + world.rank)  # same initial weights (DDP copies rank 0's), different augmentation
 
-    dataset_meta = json.loads((prep_dir / "dataset.json").read_text())
-    labels = dataset_meta["labels"]
-    manifest = pd.read_csv(prep_dir / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
-    split = json.loads(split_json.read_text())
-    train_ids = split["train"][: config.max_train_cases]
-    weighted = config.loss == "weight_map_ce"
-    if weighted and not ("weight" in manifest.columns and manifest["weight"].notna().all()):
-        raise ConfigError(
-            f"{prep_dir}: has no weight maps; set preprocess.weight_map and run the preprocess stage again"
-        )
-
-    fingerprints = [
-        c["fingerprint"]
-        for c in json.loads((prep_dir / "fingerprint.json").read_text())["cases"].values()
-        if "fingerprint" in c
-    ]
-    plan = dataset_meta["preprocess"]
-    slices = config.mode == "2d" and dataset_meta["dimensions"] == 3
-    patch_size = _patch_size(config, median_shape(fingerprints, plan["spacing"])[: 2 if slices else None])
-    if len(patch_size) != (2 if slices else dataset_meta["dimensions"]):
-        raise ConfigError(
-            f"train.patch_size: {patch_size} does not fit {'2D slices' if slices else str(dataset_meta['dimensions']) + 'D data'}"
-        )
-    training_transforms = transforms.training(
-        patch_size, config.augmentation, slices_of_volumes=slices, weighted=weighted
-    )
-    train_set = CacheDataset(_case_files(prep_dir, manifest, train_ids, weighted), training_transforms, progress=False)
-    sampler = (
-        DistributedSampler(train_set, world.size, world.rank, seed=params.seed, drop_last=True)
-        if world.size > 1
-        else None
-    )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=len(train_set) > config.batch_size * world.size,
-    )
-    # each process validates its share of the cases; MONAI's metric gathers the scores from all
-    val_files = partition_dataset(
-        _case_files(prep_dir, manifest, split["validation"]), num_partitions=world.size, even_divisible=False
-    )[world.rank]
-    val_loader = DataLoader(CacheDataset(val_files, transforms.validation(), progress=False), batch_size=1)
+    data = _training_data(prep_dir, split_json, params, world)
+    labels = data.meta["labels"]
 
     description = describe(
-        params, labels, dataset_meta["modality"], plan, patch_size, dataset_meta["label_values"], 2 if slices else None
+        params,
+        labels,
+        data.meta["modality"],
+        data.meta["preprocess"],
+        data.patch_size,
+        data.meta["label_values"],
+        2 if data.slices else None,
     )
     network = build_network(description["network"]).to(device)
     loss_function = build_loss(
@@ -209,16 +229,15 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
 
     checkpoint_path = out_dir / CHECKPOINT_FILE
     fingerprint = _fingerprint(params, world.size, prep_dir / "manifest.csv", split_json)
-    state = load_checkpoint(
-        checkpoint_path, fingerprint
-    )  # every process reads it: multi-node runs need out_dir on shared storage
+    # every process reads it: multi-node runs need out_dir on shared storage
+    state = load_checkpoint(checkpoint_path, fingerprint)
     progress, run_id = Progress(), None
     if state:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"][world.rank], training_transforms)
+        restore_rng_state(state["rng"][world.rank], data.transforms)
         progress, run_id = Progress(**state["progress"]), state["mlflow_run_id"]
         if world.main:
             log.warning("resuming from %s after epoch %d", checkpoint_path, progress.epoch)
@@ -234,8 +253,8 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
     with tracking.start(params.mlflow.experiment, run_id=run_id) if world.main else contextlib.nullcontext() as run:
         if world.main and state is None:
             mlflow.log_params({**flatten(params), "processes": world.size})
-            mlflow.set_tags({**tracking.provenance_tags(), "dataset": dataset_meta["name"], "device": device.type})
-            tracking.log_dataset(manifest.reset_index(), source=prep_dir, name=dataset_meta["name"])
+            mlflow.set_tags({**tracking.provenance_tags(), "dataset": data.meta["name"], "device": device.type})
+            tracking.log_dataset(data.manifest.reset_index(), source=prep_dir, name=data.meta["name"])
             for record in ("fingerprint.json", "plan.json", "validation.csv"):
                 mlflow.log_artifact(str(prep_dir / record), artifact_path="data")
         if world.main:
@@ -243,12 +262,12 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
         while progress.epoch < config.epochs and not progress.stopped:
             started = time.monotonic()
             progress.epoch += 1
-            if sampler is not None:
-                sampler.set_epoch(progress.epoch)
+            if data.sampler is not None:
+                data.sampler.set_epoch(progress.epoch)
             ce_weight = ce_weight_at(config.loss_options, progress.epoch, config.epochs)
             set_ce_weight(loss_function, ce_weight)
             bar = tqdm(
-                train_loader,
+                data.train_loader,
                 desc=f"epoch {progress.epoch}/{config.epochs}",
                 unit="batch",
                 leave=False,
@@ -263,19 +282,19 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
                 "train_loss": world.mean(measured["train_loss"]),
                 "lr": scheduler.get_last_lr()[0],
                 "data_wait_fraction": world.mean(measured["data_wait_fraction"]),
-                "samples_per_s": len(train_loader) * config.batch_size * world.size / seconds,
+                "samples_per_s": len(data.train_loader) * config.batch_size * world.size / seconds,
             }
             if ce_weight is not None:
                 record["ce_weight"] = ce_weight
             out_of_time = config.max_minutes is not None and progress.minutes >= config.max_minutes
             if progress.epoch % config.val_every == 0 or progress.epoch == config.epochs or out_of_time:
-                dice = validation_dice(network, val_loader, description, device)
+                dice = validation_dice(network, data.val_loader, description, device)
                 record.update({f"val_dice_{name}": float(d) for name, d in zip(foreground, dice)})
                 record["val_dice_mean"] = float(dice.nanmean())
                 _record_validation(progress, record["val_dice_mean"], network)
             progress.history.append(record)
             progress.stopped = _stop_reason(progress, config)
-            rng = world.gather(rng_state(training_transforms))
+            rng = world.gather(rng_state(data.transforms))
             if not world.main:
                 continue
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=progress.epoch)

@@ -92,7 +92,7 @@ def test_a_checkpoint_from_other_params_is_refused_not_silently_restarted(prepar
         _train(prepared, tiny_params, "models")
     monkeypatch.undo()
     changed = tiny_params.model_copy(update={"seed": 99})
-    with pytest.raises(CheckpointError, match="other parameters or code; delete it"):
+    with pytest.raises(CheckpointError, match="other parameters, data or number of processes; delete it"):
         _train(prepared, changed, "models")
     (prepared / "models" / "checkpoint.pt").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="cannot be read"):
@@ -122,9 +122,11 @@ def test_a_checkpoint_from_other_params_is_refused_not_silently_restarted(prepar
             "loss": "weighted_ce",
             "loss_options": {"class_weights": [0.1, 1.0, 1.0]},
             "augmentation": {"elastic_prob": 1.0, "affine_prob": 1.0},
+            "data_workers": 1,
         },
+        {"loss": "dice_ce", "loss_options": {"ce_weight": 1.0, "ce_weight_end": 0.0}},
     ],
-    ids=["dynunet-deep-supervision", "basicunet", "weighted-ce-heavy-augmentation"],
+    ids=["dynunet-deep-supervision", "basicunet", "weighted-ce-heavy-augmentation-worker", "ce-weight-schedule"],
 )
 def test_network_loss_and_schedule_options_train(prepared, tiny_params, options):
     params = _with(tiny_params, epochs=2, **options)
@@ -132,6 +134,8 @@ def test_network_loss_and_schedule_options_train(prepared, tiny_params, options)
     assert 0 <= final["val_dice_mean"] <= 1
     network, description = load_model(prepared / "models" / "model.pt")
     assert description["network"]["name"] == params.train.network
+    if params.train.loss_options.ce_weight_end is not None:
+        assert list(_history(prepared / "models").ce_weight) == [1.0, 0.0]
 
 
 def _with(params, **train):
