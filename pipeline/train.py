@@ -286,6 +286,8 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
             }
             if ce_weight is not None:
                 record["ce_weight"] = ce_weight
+            if device.type == "cuda":
+                record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             out_of_time = config.max_minutes is not None and progress.minutes >= config.max_minutes
             if progress.epoch % config.val_every == 0 or progress.epoch == config.epochs or out_of_time:
                 dice = validation_dice(network, data.val_loader, description, device)
