@@ -7,6 +7,7 @@ import time
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -160,25 +161,40 @@ def test_a_time_budget_ends_training_with_a_validation(prepared, tiny_params):
     assert "time budget" in load_model(prepared / "models" / "model.pt")[1]["provenance"]["stopped"]
 
 
+LAUNCHERS = {
+    "one-process": [sys.executable, "-m", "pipeline"],
+    "torchrun-2-processes": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    + ["-m", "pipeline"],
+}
+
+
 @pytest.mark.slow
-def test_sigkill_mid_training_then_the_same_command_reaches_the_same_model(prepared, tiny_params):
+@pytest.mark.parametrize("launcher", LAUNCHERS.values(), ids=LAUNCHERS.keys())
+def test_sigkill_mid_training_then_the_same_command_reaches_the_same_model(prepared, tiny_params, launcher):
     params = _with(tiny_params, epochs=5, val_every=1)
     (prepared / "params.yaml").write_text(params_yaml(params))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{prepared / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{prepared / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
 
     def command(out):
-        return [sys.executable, "-m", "pipeline", "train", "prep", "split.json", out, "-p", "params.yaml"]
+        return [*launcher, "train", "prep", "split.json", out, "-p", "params.yaml"]
 
     subprocess.run(command("whole"), cwd=prepared, env=env, check=True, capture_output=True)
     victim = subprocess.Popen(
-        command("killed"), cwd=prepared, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command("killed"),
+        cwd=prepared,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     checkpoint = prepared / "killed" / "checkpoint.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.05)
     assert victim.poll() is None, "training ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
+    # every process of the run (torchrun's workers have process groups of their own), as a power cut would
+    for process in [*psutil.Process(victim.pid).children(recursive=True), psutil.Process(victim.pid)]:
+        process.send_signal(signal.SIGKILL)
     victim.wait()
     epochs_done = torch.load(checkpoint, weights_only=True)["progress"]["epoch"]
     assert 1 <= epochs_done < 5
