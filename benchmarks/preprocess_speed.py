@@ -30,7 +30,9 @@ def _timed(raw: Path, out: Path, workers: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/datasets/hippocampus")
+    parser.add_argument(
+        "--dataset", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/datasets/hippocampus"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
