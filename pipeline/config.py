@@ -78,6 +78,8 @@ class AugmentationConfig(_Section):
     noise_prob: float = Field(0.15, ge=0, le=1)
     intensity_prob: float = Field(0.3, ge=0, le=1, description="Random scale and shift of intensities.")
     gamma_prob: float = Field(0.15, ge=0, le=1)
+    smooth_prob: float = Field(0.0, ge=0, le=1, description="Gaussian smoothing (sigma 0.5-1 voxel).")
+    bias_field_prob: float = Field(0.0, ge=0, le=1, description="A smooth multiplicative bias field, as MRI has.")
 
 
 class LossConfig(_Section):

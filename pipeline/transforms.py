@@ -82,6 +82,9 @@ def training_augmentation(
         T.RandScaleIntensityd(IMAGE, factors=0.25, prob=aug.intensity_prob),
         T.RandShiftIntensityd(IMAGE, offsets=0.1, prob=aug.intensity_prob),
         T.RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=aug.gamma_prob),
+        # last, so that adding them left the random streams of the steps above as they were
+        T.RandGaussianSmoothd(IMAGE, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=aug.smooth_prob),
+        T.RandBiasFieldd(IMAGE, coeff_range=(0.0, 0.1), prob=aug.bias_field_prob),
     ]
 
 

@@ -122,7 +122,7 @@ def test_a_checkpoint_from_other_params_is_refused_not_silently_restarted(prepar
         {
             "loss": "weighted_ce",
             "loss_options": {"class_weights": [0.1, 1.0, 1.0]},
-            "augmentation": {"elastic_prob": 1.0, "affine_prob": 1.0},
+            "augmentation": {"elastic_prob": 1.0, "affine_prob": 1.0, "smooth_prob": 1.0, "bias_field_prob": 1.0},
             "data_workers": 1,
         },
         {"loss": "dice_ce", "loss_options": {"ce_weight": 1.0, "ce_weight_end": 0.0}},
