@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,23 +14,66 @@ from pipeline.dataset import layout_parts
 from pipeline.errors import DatasetError
 
 MSD_PREFIX = "msd:"
+logger = logging.getLogger(__name__)
 
 
-def _download_msd(task: str, staging: Path) -> Path:
-    from monai.apps import DecathlonDataset, download_and_extract
+def msd_url(spec: str) -> str:
+    """Where MONAI downloads the Decathlon task named by ``spec`` ('msd:TaskNN_Name')."""
+    from monai.apps import DecathlonDataset
 
+    task = spec.removeprefix(MSD_PREFIX)
     if task not in DecathlonDataset.resource:
         known = ", ".join(sorted(DecathlonDataset.resource))
-        raise DatasetError(f"data.source: unknown Decathlon task '{task}'; known: {known}")
-    download_and_extract(
-        DecathlonDataset.resource[task],
-        filepath=staging / f"{task}.tar",
-        output_dir=staging,
-        hash_val=DecathlonDataset.md5[task],
-        hash_type="md5",
-        progress=True,
-    )
+        raise DatasetError(f"data: unknown Decathlon task '{task}' in '{spec}'; known: {known}")
+    return DecathlonDataset.resource[task]
+
+
+def local_folder(config: DataConfig) -> Path | None:
+    """The dataset folder that ``data.source`` names, or None when it names a download."""
+    return None if config.source.startswith(MSD_PREFIX) else Path(config.source).expanduser()
+
+
+def _download_msd(spec: str, staging: Path) -> Path:
+    # download_url then extractall rather than download_and_extract, which first asks the server for the file name
+    from monai.apps import DecathlonDataset, download_url, extractall
+
+    task = spec.removeprefix(MSD_PREFIX)
+    archive = staging / f"{task}.tar"
+    download_url(msd_url(spec), archive, hash_val=DecathlonDataset.md5[task], hash_type="md5", progress=True)
+    extractall(archive, staging)
+    archive.unlink()
     return staging / task
+
+
+def _origin(config: DataConfig, staging: Path) -> Path:
+    """The folder to copy: the local one when present, else the download; says which."""
+    from monai.apps.utils import HashCheckError
+
+    folder = local_folder(config)
+    if folder is not None and folder.is_dir():
+        logger.info("data: using the local folder %s (data.source)", folder)
+        return folder
+    if folder is None:
+        spec, attempt = config.source, f"data.source: downloading {config.source}"
+    elif config.download is not None:
+        spec = config.download
+        attempt = f"data.source: the folder '{folder}' is absent, and downloading {spec} (data.download)"
+    else:
+        raise DatasetError(
+            f"data.source: '{config.source}' is neither '{MSD_PREFIX}TaskNN_Name' nor an existing folder"
+            " (and data.download is null)"
+        )
+    url = msd_url(spec)
+    logger.info("%s from %s", attempt, url)
+    try:
+        return _download_msd(spec, staging)
+    except (OSError, RuntimeError, HashCheckError) as err:  # urllib's URLError is an OSError
+        task = spec.removeprefix(MSD_PREFIX)
+        raise DatasetError(
+            f"{attempt} from {url} failed ({err}). To use a local copy instead, point "
+            f"data.source at a folder holding {task} (dataset.json, imagesTr/, labelsTr/): edit params.yaml, or "
+            f"medseg configure PRESET --set data.source=/path/to/{task}"
+        ) from err
 
 
 def _dataset_files(source: Path, config: DataConfig) -> list[Path]:
@@ -49,19 +93,11 @@ def _copy_dataset(source: Path, target: Path, config: DataConfig) -> None:
 
 def acquire(config: DataConfig, out_dir: Path) -> None:
     """Fill ``out_dir`` from ``config.source``; it appears only once complete."""
-    source = config.source
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging:
         staging = Path(staging)
-        if source.startswith(MSD_PREFIX):
-            origin = _download_msd(source[len(MSD_PREFIX) :], staging)
-        else:
-            origin = Path(source).expanduser()
-            if not origin.is_dir():
-                raise DatasetError(
-                    f"data.source: '{source}' is neither '{MSD_PREFIX}TaskNN_Name' nor an existing folder"
-                )
+        origin = _origin(config, staging)
         complete = staging / "dataset"
         _copy_dataset(origin, complete, config)
         if out_dir.exists():

@@ -24,6 +24,11 @@ class DataConfig(_Section):
         "msd:Task04_Hippocampus",
         description="'msd:TaskNN_Name' downloads that Decathlon task; otherwise a local folder (MSD or images/labels layout).",
     )
+    download: str | None = Field(
+        None,
+        pattern="^msd:",
+        description="'msd:TaskNN_Name' to download when the folder in `source` is absent; null: never download.",
+    )
     labels: dict[int, str] | None = Field(
         None, description="Label value -> name; required for the images/labels layout."
     )
