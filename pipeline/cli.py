@@ -22,8 +22,21 @@ app = typer.Typer(
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"medseg {version('medseg')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
     )
@@ -165,6 +178,22 @@ def segment(
     for path, reason in failures:
         typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
     if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(params: ParamsOption = Path("params.yaml")) -> None:
+    """Check this machine for the default run: Python, torch and its device, libraries, data, tracking store."""
+    from pipeline.doctor import run_checks
+
+    checks = run_checks(params)
+    for check in checks:
+        mark, colour = {"ok": ("ok  ", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}[check.status]
+        typer.secho(f"{mark} {check.name:<10} ", fg=colour, nl=False)
+        typer.echo(check.detail)
+        if check.fix:
+            typer.echo(f"{'':15}fix: {check.fix}")
+    if any(check.status == "fail" for check in checks):
         raise typer.Exit(1)
 
 

@@ -21,6 +21,13 @@ def test_every_stage_has_a_subcommand(tmp_path):
         assert stage in result.stdout
 
 
+def test_version_is_the_installed_package_version(tmp_path):
+    from importlib.metadata import version
+
+    result = medseg("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"medseg {version('medseg')}\n"
+
+
 def test_configure_writes_the_full_params_file(tmp_path):
     result = medseg("configure", ROOT / "configs" / "smoke.yaml", "-o", tmp_path / "params.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
