@@ -1,46 +1,109 @@
-"""Training throughput: samples per second, the share of time spent waiting for data, peak GPU memory.
+"""Training throughput of medseg's default beside a plain MONAI loop, in one run on one machine.
 
-    python benchmarks/train_speed.py [--params params.yaml] [--epochs 4] [--workers 0 1]
+    python benchmarks/train_speed.py [--params params.yaml] [--epochs 4]
+        [--variant "train.amp=false" --variant "train.data_workers=0" ...]
         [--prep data/preprocessed] [--split data/split.json] 2>/dev/null
 
-Trains the params' network on the prepared data (run `dvc repro preprocess split` first) for a
-few epochs with each number of data workers, on the device the training would pick (a GPU if
-there is one, where `amp` and `compile` follow the params). Prints medians over the epochs
-after the first (which warms caches up). The model is thrown away; runs go to a temporary MLflow store.
+Run `dvc repro split` first. For the plain loop (benchmarks/plain_monai_loop.py) and for the
+params' training (and each variant: params overridden with KEY=VALUE pairs separated by ';'),
+prints the median over the epochs after the first of: samples/s, voxels/s, the share of the
+step's time spent waiting for data, and the step's achieved FLOP/s as a share of this
+machine's measured matrix-multiply ceiling in the step's precision. On a GPU, also the peak
+memory. The models are thrown away; runs go to a temporary MLflow store.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # the figures, not progress bars
 import pandas as pd
+import plain_monai_loop as plain
 import torch
+from monai.losses import DiceCELoss
+from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import load_params
-from pipeline.train import train
+from pipeline.config import Params, load_params, with_overrides
+from pipeline.model import load_model
+from pipeline.train import autocast_dtype, train
 
 
-def _measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
-    params = load_params(args.params)
-    params.train = params.train.model_copy(
-        update={"epochs": args.epochs, "val_every": args.epochs, "data_workers": workers}
-    )
+def matmul_ceiling(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large matrix product, the most this machine does in that precision."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times[2:])
+
+
+def step_flops(network: torch.nn.Module, patch: list[int], batch_size: int, precision: torch.dtype | None) -> float:
+    """FLOPs of one training step (forward and backward) on a batch, as PyTorch counts them."""
+    images = torch.randn(batch_size, 1, *patch)
+    labels = torch.randint(0, 3, (batch_size, 1, *patch))
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast("cpu", dtype=precision, enabled=precision is not None):
+            output = network(images)
+        DiceCELoss(to_onehot_y=True, softmax=True)(output.float(), labels).backward()
+    return counter.get_total_flops()
+
+
+def _figures(history: pd.DataFrame, voxels: int, flops_per_sample: float, ceiling: float) -> dict[str, float]:
+    samples = statistics.median(history.samples_per_s)
+    figures = {
+        "samples/s": samples,
+        "Mvoxels/s": samples * voxels / 1e6,
+        "data wait": statistics.median(history.data_wait_fraction),
+        "FLOP/s share": samples * flops_per_sample / ceiling,
+    }
+    if "peak_gpu_memory_gib" in history:
+        figures["peak GPU GiB"] = float(history.peak_gpu_memory_gib.max())
+    return figures
+
+
+def measure_plain(args: argparse.Namespace, ceiling: float) -> dict[str, float]:
+    train_loader, _ = plain.loaders(args.prep, args.split)
+    model, loss_function = plain.network(), DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    rows = []
+    for _ in range(args.epochs):
+        waiting, steps, started = 0.0, 0, time.perf_counter()
+        asked = started
+        for batch in train_loader:
+            waiting += time.perf_counter() - asked
+            optimizer.zero_grad()
+            loss_function(model(batch["image"]), batch["label"]).backward()
+            optimizer.step()
+            steps += 1
+            asked = time.perf_counter()
+        seconds = time.perf_counter() - started
+        rows.append({"samples_per_s": steps * 4 / seconds, "data_wait_fraction": waiting / seconds})
+    flops = step_flops(plain.network(), list(plain.PATCH), 1, None)
+    return _figures(pd.DataFrame(rows[1:]), math.prod(plain.PATCH), flops, ceiling)
+
+
+def measure_medseg(args: argparse.Namespace, params: Params, ceilings: dict) -> dict[str, float]:
+    params.train = params.train.model_copy(update={"epochs": args.epochs, "val_every": args.epochs})
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
         train(args.prep, args.split, Path(scratch) / "models", params)
         history = pd.read_csv(Path(scratch) / "models" / "history.csv").iloc[1:]
-    figures = {
-        "samples/s": statistics.median(history.samples_per_s),
-        "data wait": statistics.median(history.data_wait_fraction),
-    }
-    if "peak_gpu_memory_gib" in history:
-        figures["peak GPU memory (GiB)"] = float(history.peak_gpu_memory_gib.max())
-    return figures
+        network, description = load_model(Path(scratch) / "models" / "model.pt")
+    patch = description["patch_size"]
+    precision = autocast_dtype(params.train.amp, torch.device("cpu"))
+    flops = step_flops(network.train(), patch, 1, precision)
+    return _figures(history, math.prod(patch), flops, ceilings[precision or torch.float32])
 
 
 def main() -> None:
@@ -49,14 +112,34 @@ def main() -> None:
     parser.add_argument("--prep", type=Path, default=Path("data/preprocessed"))
     parser.add_argument("--split", type=Path, default=Path("data/split.json"))
     parser.add_argument("--epochs", type=int, default=4, help="at least 2: the first is not counted")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--variant", action="append", default=[], help="KEY=VALUE[;KEY=VALUE...] over the params")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain MONAI loop")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
-    print(f"{args.params} on {device}: median of epochs 2-{args.epochs}")
-    for workers in args.workers:
-        figures = _measure(args, workers)
-        print(f"  data_workers={workers}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    ceilings = {dtype: matmul_ceiling(dtype, device) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    print(f"{name}: medians of epochs 2-{args.epochs}; matrix-multiply ceiling", end="")
+    print(", ".join(f" {str(d).removeprefix('torch.')} {c / 1e9:.0f} GFLOP/s" for d, c in ceilings.items()))
+
+    def show(label: str, figures: dict[str, float], reference: dict[str, float] | None) -> None:
+        text = ", ".join(f"{k} {v:.3g}" for k, v in figures.items())
+        ratio = (
+            f" ({figures['Mvoxels/s'] / reference['Mvoxels/s']:.2f}x the plain loop's voxels/s)" if reference else ""
+        )
+        print(f"  {label}: {text}{ratio}", flush=True)
+
+    reference = None
+    if not args.no_plain:
+        reference = measure_plain(args, ceilings[torch.float32])
+        show("plain MONAI loop", reference, None)
+    params = load_params(args.params)
+    for variant in ["", *args.variant]:
+        show(
+            f"{args.params}{' with ' + variant if variant else ''}",
+            measure_medseg(args, with_overrides(params, variant.split(";")), ceilings),
+            reference,
+        )
 
 
 if __name__ == "__main__":

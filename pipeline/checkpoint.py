@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, Randomizable
 
 from pipeline.errors import CheckpointError
 from pipeline.files import atomic_path
@@ -27,26 +26,20 @@ def _set_numpy_state(generator: np.random.RandomState, state: list) -> None:
     generator.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
-def _randomizables(transforms: Compose) -> list[Randomizable]:
-    return [t for t in [transforms, *transforms.flatten().transforms] if isinstance(t, Randomizable)]
-
-
-def rng_state(transforms: Compose) -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The global generators (dropout draws from torch's); training batches have generators of their own."""
     return {
         "torch": torch.get_rng_state(),
         "numpy": _numpy_state(np.random.mtrand._rand),
         "python": list(random.getstate()[1]) + [random.getstate()[2]],
-        "transforms": [_numpy_state(t.R) for t in _randomizables(transforms)],
     }
 
 
-def restore_rng_state(state: dict[str, Any], transforms: Compose) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     _set_numpy_state(np.random.mtrand._rand, state["numpy"])
     *python_state, gauss = state["python"]
     random.setstate((3, tuple(python_state), gauss))
-    for transform, saved in zip(_randomizables(transforms), state["transforms"], strict=True):
-        _set_numpy_state(transform.R, saved)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -150,13 +150,22 @@ class TrainConfig(_Section):
     max_minutes: float | None = Field(
         None, gt=0, description="Stop once training has taken this long (not reproducible across machines)."
     )
-    amp: bool = Field(False, description="Mixed precision, on CUDA only.")
-    compile: bool = Field(False, description="torch.compile, on CUDA only.")
+    amp: bool = Field(
+        True,
+        description="Mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX); float32 elsewhere.",
+    )
+    compile: bool = Field(False, description="torch.compile the network (inductor, on CUDA and CPU).")
     max_train_cases: int | None = Field(None, description="Train on at most this many cases (smoke runs).")
     data_workers: int | None = Field(
         None,
         ge=0,
-        description="Processes preparing training batches; null: none on a CPU (they would take its cores), 4 per GPU.",
+        description="Threads preparing training batches ahead of the step; 0: in the step's own thread; null: 1 on a CPU, 4 per GPU.",
+    )
+    foreground_oversampling: float = Field(
+        0.33,
+        ge=0,
+        le=1,
+        description="Share of patches centred on a foreground voxel (nnU-Net's third); the others anywhere.",
     )
     augmentation: AugmentationConfig = AugmentationConfig()
 
@@ -164,6 +173,13 @@ class TrainConfig(_Section):
 class InferenceConfig(_Section):
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = 4
+
+
+class EvaluateConfig(_Section):
+    nsd_tolerance_mm: float | list[float] = Field(
+        1.0,
+        description="Normalised surface Dice tolerance in mm: one for every class, or one per foreground class in label order.",
+    )
 
 
 class MlflowConfig(_Section):
@@ -177,6 +193,7 @@ class Params(_Section):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     inference: InferenceConfig = InferenceConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="after")
@@ -245,6 +262,14 @@ def render_preset(preset: Path | str, overrides: list[str] = ()) -> Params:
     for assignment in overrides:
         content = _deep_merge(content, _override(assignment))
     return _validate(content, preset)
+
+
+def with_overrides(params: Params, overrides: list[str]) -> Params:
+    """``params`` with ``KEY=VALUE`` assignments applied (empty ones ignored)."""
+    content = params.model_dump()
+    for assignment in filter(None, (a.strip() for a in overrides)):
+        content = _deep_merge(content, _override(assignment))
+    return _validate(content, Path("--set"))
 
 
 def params_yaml(params: Params) -> str:

@@ -21,10 +21,10 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from pipeline import distributed, tracking, transforms
+from pipeline.batches import EpochPlan, PatchSampler, cache_case, epoch_batches
 from pipeline.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipeline.config import Params, TrainConfig, flatten
 from pipeline.distributed import World
@@ -39,7 +39,8 @@ from pipeline.unet_paper import center_crop, check_tile, input_for_output
 
 log = logging.getLogger(__name__)
 MODEL_FILE, HISTORY_FILE, RUN_FILE, CHECKPOINT_FILE = "model.pt", "history.csv", "mlflow_run.json", "checkpoint.pt"
-TIMING_COLUMNS = ["data_wait_fraction", "samples_per_s"]  # measured, so they differ between runs of the same params
+# measured, so they differ between runs of the same params
+TIMING_COLUMNS = ["data_wait_fraction", "samples_per_s", "minutes"]
 
 
 @dataclass
@@ -96,23 +97,39 @@ def validation_dice(
     return metric.aggregate().cpu()
 
 
+def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """Mixed precision where it pays: float16 on CUDA (with loss scaling), bfloat16 on CPUs with
+    native bfloat16 matrix units (AVX512-BF16, AMX); None where the step stays in float32."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
 def train_one_epoch(
-    network, batches: tqdm, loss_function, optimizer, scaler: torch.amp.GradScaler, device: torch.device
+    network,
+    batches: tqdm,
+    loss_function,
+    optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: torch.dtype | None,
 ) -> dict[str, float]:
-    """One pass over the training data, in mixed precision where the scaler is enabled: the mean loss,
-    and the fraction of the time spent waiting for data (which should stay near 0 on a GPU)."""
+    """One pass over the training data, in mixed precision when ``precision`` is given: the mean loss,
+    and the fraction of the time spent waiting for data (which should stay near 0)."""
     network.train()
     losses, waiting, started = [], 0.0, time.perf_counter()
     asked = started
     for batch in batches:
         waiting += time.perf_counter() - asked
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=scaler.is_enabled()):
-            output = network(batch["image"].to(device))
-            # unet_paper predicts the centre of its input: its targets are cropped to match
-            spatial = output.shape[-(batch["label"].dim() - 2) :]
-            targets = [center_crop(batch[key].to(device), spatial) for key in ("label", "weight") if key in batch]
-            loss = loss_function(output, *targets)
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            output = network(batch["image"].to(device, non_blocking=True))
+        # unet_paper predicts the centre of its input: its targets are cropped to match
+        spatial = output.shape[-(batch["label"].dim() - 2) :]
+        targets = [center_crop(batch[key].to(device), spatial) for key in ("label", "weight") if key in batch]
+        loss = loss_function(output.float(), *targets)  # softmax, Dice sums and CE in float32
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -144,14 +161,13 @@ class TrainingData:
     manifest: pd.DataFrame
     patch_size: list[int]
     slices: bool
-    transforms: Any
-    train_loader: DataLoader
-    sampler: DistributedSampler | None
+    sampler: PatchSampler
+    plan: EpochPlan
     val_loader: DataLoader
 
 
 def _training_data(prep_dir: Path, split_json: Path, params: Params, world: World) -> TrainingData:
-    """The cached datasets and their loaders; under torchrun, this process's share of them."""
+    """The cached cases, the patch sampler and the validation loader; under torchrun, this process's share."""
     config = params.train
     meta = json.loads((prep_dir / "dataset.json").read_text())
     manifest = pd.read_csv(prep_dir / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
@@ -169,29 +185,17 @@ def _training_data(prep_dir: Path, split_json: Path, params: Params, world: Worl
     if len(patch_size) != (2 if slices else meta["dimensions"]):
         data_kind = "2D slices" if slices else f"{meta['dimensions']}D data"
         raise ConfigError(f"train.patch_size: {patch_size} does not fit {data_kind}")
-    training_transforms = transforms.training(patch_size, config.augmentation, slices, weighted)
+    keys = ("image", "label", "weight") if weighted else ("image", "label")
     train_files = _case_files(prep_dir, manifest, split["train"][: config.max_train_cases], weighted)
-    train_set = CacheDataset(train_files, training_transforms, progress=False)
-    sampler = (
-        DistributedSampler(train_set, world.size, world.rank, seed=params.seed, drop_last=True)
-        if world.size > 1
-        else None
-    )
-    workers = config.data_workers if config.data_workers is not None else (4 if world.device.type == "cuda" else 0)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=len(train_set) > config.batch_size * world.size,
-        num_workers=workers,  # they start afresh each epoch, seeded from the saved RNG: resume stays exact
-        pin_memory=world.device.type == "cuda",
-    )
+    loaded = CacheDataset(train_files, transforms.load(keys), progress=False)
+    cases = [cache_case({key: loaded[i][key].as_tensor() for key in keys}) for i in range(len(loaded))]
+    sampler = PatchSampler(cases, patch_size, config.augmentation, config.foreground_oversampling, slices)
+    plan = EpochPlan(len(cases), config.batch_size, params.seed, world.rank, world.size)
     # each process validates its share of the cases; MONAI's metric gathers the scores from all
     val_files = _case_files(prep_dir, manifest, split["validation"])
     val_share = partition_dataset(val_files, num_partitions=world.size, even_divisible=False)[world.rank]
     val_loader = DataLoader(CacheDataset(val_share, transforms.validation(), progress=False), batch_size=1)
-    return TrainingData(meta, manifest, patch_size, slices, training_transforms, train_loader, sampler, val_loader)
+    return TrainingData(meta, manifest, patch_size, slices, sampler, plan, val_loader)
 
 
 def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> dict[str, Any]:
@@ -237,7 +241,7 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"][world.rank], data.transforms)
+        restore_rng_state(state["rng"][world.rank])
         progress, run_id = Progress(**state["progress"]), state["mlflow_run_id"]
         if world.main:
             log.warning("resuming from %s after epoch %d", checkpoint_path, progress.epoch)
@@ -246,8 +250,10 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
         if world.size > 1
         else network
     )
-    if config.compile and device.type == "cuda":
+    if config.compile:
         step_network = torch.compile(step_network)
+    precision = autocast_dtype(config.amp, device)
+    threads = config.data_workers if config.data_workers is not None else (4 if device.type == "cuda" else 1)
 
     foreground = [name for key, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if key != "0"]
     with tracking.start(params.mlflow.experiment, run_id=run_id) if world.main else contextlib.nullcontext() as run:
@@ -262,41 +268,43 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
         while progress.epoch < config.epochs and not progress.stopped:
             started = time.monotonic()
             progress.epoch += 1
-            if data.sampler is not None:
-                data.sampler.set_epoch(progress.epoch)
             ce_weight = ce_weight_at(config.loss_options, progress.epoch, config.epochs)
             set_ce_weight(loss_function, ce_weight)
+            batches = epoch_batches(data.sampler, data.plan, progress.epoch, threads, pin_memory=device.type == "cuda")
+            n_batches = len(data.plan.batches(progress.epoch))
             bar = tqdm(
-                data.train_loader,
+                batches,
+                total=n_batches,
                 desc=f"epoch {progress.epoch}/{config.epochs}",
                 unit="batch",
                 leave=False,
                 disable=not world.main,
             )
-            measured = train_one_epoch(step_network, bar, loss_function, optimizer, scaler, device)
+            measured = train_one_epoch(step_network, bar, loss_function, optimizer, scaler, device, precision)
             scheduler.step()
             seconds = world.broadcast(time.monotonic() - started)
-            progress.minutes += seconds / 60
             record: dict[str, float] = {
                 "epoch": progress.epoch,
                 "train_loss": world.mean(measured["train_loss"]),
                 "lr": scheduler.get_last_lr()[0],
                 "data_wait_fraction": world.mean(measured["data_wait_fraction"]),
-                "samples_per_s": len(data.train_loader) * config.batch_size * world.size / seconds,
+                "samples_per_s": n_batches * config.batch_size * world.size / seconds,
             }
             if ce_weight is not None:
                 record["ce_weight"] = ce_weight
             if device.type == "cuda":
                 record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            out_of_time = config.max_minutes is not None and progress.minutes >= config.max_minutes
+            out_of_time = config.max_minutes is not None and progress.minutes + seconds / 60 >= config.max_minutes
             if progress.epoch % config.val_every == 0 or progress.epoch == config.epochs or out_of_time:
                 dice = validation_dice(network, data.val_loader, description, device)
                 record.update({f"val_dice_{name}": float(d) for name, d in zip(foreground, dice)})
                 record["val_dice_mean"] = float(dice.nanmean())
                 _record_validation(progress, record["val_dice_mean"], network)
+            progress.minutes += world.broadcast(time.monotonic() - started) / 60  # training and validation
+            record["minutes"] = progress.minutes
             progress.history.append(record)
             progress.stopped = _stop_reason(progress, config)
-            rng = world.gather(rng_state(data.transforms))
+            rng = world.gather(rng_state())
             if not world.main:
                 continue
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=progress.epoch)
