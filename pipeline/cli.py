@@ -110,16 +110,29 @@ def series(folder: Path) -> None:
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="An image file or a DICOM series folder.")],
+    source: Annotated[Path, typer.Argument(help="An image file, a DICOM series folder, or a DICOM SEG file.")],
     target: Annotated[Path, typer.Argument(help="Output file; its suffix picks the format (.nii.gz, .nrrd, .mha).")],
     series: Annotated[
-        str | None, typer.Option(help="Index, UID or description, where SOURCE holds several series.")
+        str | None, typer.Option(help="Index, UID or description, where SOURCE (or --reference) holds several series.")
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="For a SEG: the folder of the series it segments (default: found beside the SEG)."),
+    ] = None,
+    overlap: Annotated[
+        str,
+        typer.Option(help="For a SEG whose segments overlap: refuse, or highest (the highest segment number wins)."),
+    ] = "refuse",
 ) -> None:
-    """Convert a DICOM series (or any readable image) to NIfTI, keeping its geometry."""
+    """Convert a DICOM series (or any readable image) to NIfTI, keeping its geometry; a DICOM SEG to a label map
+    (value = segment number) on the grid of the series it segments."""
+    from pipeline.dicom.seg import convert_segmentation, is_segmentation
     from pipeline.volumes import convert as run
 
-    image = run(source, target, series)
+    if is_segmentation(source):
+        image = convert_segmentation(source, target, reference, series, overlap)
+    else:
+        image = run(source, target, series)
     typer.echo(
         f"wrote {target}: {'x'.join(map(str, image.GetSize()))} voxels, {'x'.join(f'{s:.3g}' for s in image.GetSpacing())} mm"
     )
@@ -170,11 +183,17 @@ def segment(
     series: Annotated[
         str | None, typer.Option(help="Index, UID or description, where a DICOM folder holds several series.")
     ] = None,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="nifti; dicom-seg (a DICOM SEG referencing the input series, <folder>.dcm); or both."
+        ),
+    ] = "nifti",
 ) -> None:
-    """Write OUTPUT/<input name>: a uint8 label map on exactly the input's grid."""
+    """Write OUTPUT/<input name>: a uint8 label map on exactly the input's grid (or a DICOM SEG, --format)."""
     from pipeline.segment import segment as run
 
-    failures = run(inputs, output, model, series)
+    failures = run(inputs, output, model, series, output_format)
     for path, reason in failures:
         typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
     if failures:

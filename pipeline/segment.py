@@ -1,7 +1,8 @@
 """``medseg segment``: label a user's volumes with a trained model, on each input's own grid.
 
 Inputs are NIfTI, NRRD or MetaImage files, folders of them, or DICOM series folders. A file
-gives a label map of the same name and format; a DICOM series gives ``<folder>.nii.gz``.
+gives a label map of the same name and format; a DICOM series gives ``<folder>.nii.gz``, or
+(``output_format``) a DICOM SEG ``<folder>.dcm`` that references it, or both.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
+from pipeline.dicom.seg import write_segmentation
 from pipeline.errors import InputError, MedsegError
 from pipeline.files import atomic_path
 from pipeline.inference import predict
 from pipeline.model import load_model
-from pipeline.volumes import FILE_SUFFIXES, choose_series, is_nifti, read_image, to_metatensor
+from pipeline.volumes import FILE_SUFFIXES, Series, choose_series, is_nifti, read_image, to_metatensor
 
 log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Source:
     path: Path
     output_name: str
     series: str | None = None
+    dicom: Series | None = None  # the series chosen, where the input is a DICOM folder
 
 
 def _files_in(folder: Path) -> list[Path]:
@@ -55,7 +60,7 @@ def find_sources(inputs: list[Path], series: str | None = None) -> list[Source]:
         elif path.is_dir():
             chosen = choose_series(path, series)
             suffix = f"_{chosen.description or chosen.index}" if series is not None else ""
-            sources.append(Source(path, f"{path.name}{suffix}.nii.gz".replace(" ", "_"), series))
+            sources.append(Source(path, f"{path.name}{suffix}.nii.gz".replace(" ", "_"), series, chosen))
         else:
             raise InputError(f"{path}: no such file or folder")
     return sources
@@ -78,10 +83,25 @@ def write_label_map(labels: np.ndarray, source: Source, reference: sitk.Image, p
             sitk.WriteImage(result, str(tmp), useCompression=True)
 
 
-def segment(inputs: list[Path], out_dir: Path, model_path: Path, series: str | None = None) -> list[tuple[Path, str]]:
+def _check_format(sources: list[Source], output_format: str) -> None:
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    not_dicom = [str(s.path) for s in sources if s.dicom is None]
+    if output_format != "nifti" and not_dicom:
+        raise InputError(
+            f"--format {output_format}: a DICOM SEG references the DICOM series it segments, and these inputs"
+            f" are not DICOM series: {', '.join(not_dicom)} (segment them with --format nifti)"
+        )
+
+
+def segment(
+    inputs: list[Path], out_dir: Path, model_path: Path, series: str | None = None, output_format: str = "nifti"
+) -> list[tuple[Path, str]]:
     """Segment every input; returns the inputs that failed, each with its reason.
-    Labels are written with the values the training data used (which need not be 0..K-1)."""
+    Labels are written with the values the training data used (which need not be 0..K-1); a SEG's
+    segment numbers are the class indices 1..K-1 (DICOM numbers segments from 1)."""
     sources = find_sources(inputs, series)
+    _check_format(sources, output_format)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model_path, device)
     failures: list[tuple[Path, str]] = []
@@ -93,5 +113,12 @@ def segment(inputs: list[Path], out_dir: Path, model_path: Path, series: str | N
         except MedsegError as err:
             failures.append((source.path, str(err)))
             continue
-        write_label_map(labels, source, reference, Path(out_dir) / source.output_name)
+        if output_format in ("nifti", "both"):
+            write_label_map(labels, source, reference, Path(out_dir) / source.output_name)
+        if output_format in ("dicom-seg", "both"):
+            seg_path = Path(out_dir) / source.output_name.replace(".nii.gz", ".dcm")
+            try:
+                write_segmentation(classes, source.dicom, description, model_path, seg_path)
+            except MedsegError as err:
+                failures.append((source.path, str(err)))
     return failures

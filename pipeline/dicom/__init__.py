@@ -1,0 +1,1 @@
+"""DICOM objects beyond image series: Segmentation (SEG) objects written from label maps and read back as them."""
