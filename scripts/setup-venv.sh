@@ -38,7 +38,9 @@ else
     echo "== no NVIDIA GPU: $torch, CPU build"
     # An extra index, not the only one: its torch==X+cpu outranks PyPI's torch==X, and where it cannot be
     # reached (a machine that sees only PyPI and a local wheel folder) pip warns and takes a CPU wheel found there.
-    "${pip[@]}" install "$torch" --extra-index-url https://download.pytorch.org/whl/cpu
+    # The wheel alone first, so that this index is asked once, then its dependencies from the usual indexes.
+    "${pip[@]}" install "$torch" --no-deps --extra-index-url https://download.pytorch.org/whl/cpu
+    "${pip[@]}" install "$torch"
 fi
 
 echo "== medseg and its dependencies"
