@@ -179,7 +179,9 @@ def segment(
         typer.Argument(help="Image files (NIfTI, NRRD, MetaImage), folders of them, or DICOM series folders."),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps.")],
-    model: Annotated[Path, typer.Option("--model", "-m")] = Path("models/model.pt"),
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="A model file, or a bundle folder from `medseg export`.")
+    ] = Path("models/model.pt"),
     series: Annotated[
         str | None, typer.Option(help="Index, UID or description, where a DICOM folder holds several series.")
     ] = None,
@@ -198,6 +200,22 @@ def segment(
         typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="A model file (models/model.pt) or a bundle folder.")],
+    output_format: Annotated[
+        str,
+        typer.Option("--format", "-f", help="bundle (a MONAI bundle), torchscript or onnx (the network alone)."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
+) -> None:
+    """Write MODEL in a form other tools run: a MONAI bundle, or the network as TorchScript or ONNX with model.json."""
+    from pipeline.export import export as run
+
+    for path in run(model, output_format, output):
+        typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ on another machine with no ``params.yaml``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from pipeline.files import atomic_path
 from pipeline.unet_paper import OriginalUNet
 
 MODEL_FORMAT = "medseg-model/1"
+# a MONAI bundle exported by `medseg export` keeps this description under the "medseg" key of its metadata
+BUNDLE_METADATA, BUNDLE_WEIGHTS = Path("configs/metadata.json"), Path("models/model.pt")
 
 
 def describe(
@@ -101,15 +104,40 @@ def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A model file, or a MONAI bundle folder written by ``medseg export``."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file (train one with `dvc repro`, or pass --model)")
-    try:
-        content = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise ModelError(f"{path}: not a readable model file ({err.__class__.__name__}: {err})") from None
-    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: not a medseg model (expected format '{MODEL_FORMAT}')")
+    content = _read_bundle(path, device) if path.is_dir() else _read_model_file(path, device)
     network = build_network(content["network"])
     network.load_state_dict(content.pop("state_dict"))
     return network.to(device).eval(), content
+
+
+def _torch_load(path: Path, device: torch.device | str) -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise ModelError(f"{path}: not a readable model file ({err.__class__.__name__}: {err})") from None
+
+
+def _read_model_file(path: Path, device: torch.device | str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file (train one with `dvc repro`, or pass --model)")
+    content = _torch_load(path, device)
+    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a medseg model (expected format '{MODEL_FORMAT}')")
+    return content
+
+
+def _read_bundle(folder: Path, device: torch.device | str) -> dict[str, Any]:
+    metadata, weights = folder / BUNDLE_METADATA, folder / BUNDLE_WEIGHTS
+    if not (metadata.is_file() and weights.is_file()):
+        raise ModelError(
+            f"{folder}: a folder, but not a model bundle (it needs {BUNDLE_METADATA} and {BUNDLE_WEIGHTS})"
+        )
+    try:
+        description = json.loads(metadata.read_text())["medseg"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ModelError(f"{metadata}: no medseg model description in it ({err.__class__.__name__}: {err})") from None
+    if not isinstance(description, dict) or description.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{metadata}: its 'medseg' entry is not a medseg model (expected format '{MODEL_FORMAT}')")
+    return {**description, "state_dict": _torch_load(weights, device)}
