@@ -1,6 +1,7 @@
 """DICOM SEG out of `medseg segment` and back in through `medseg convert`, on real series and on SEG objects
 made by another tool (dcmqi). Untrained models: the geometry and the UIDs are tested, not the accuracy."""
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -14,10 +15,10 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.dicom.seg import read_segmentation, write_segmentation
+from pipeline.dicom.seg import algorithm, read_segmentation, write_segmentation
 from pipeline.dicom.sources import read_sources
 from pipeline.errors import InputError
-from pipeline.model import build_network, describe, load_model, save_model
+from pipeline.model import BUNDLE_WEIGHTS, build_network, describe, load_model, save_model
 from pipeline.segment import segment
 from pipeline.volumes import choose_series, read_image
 from tests.conftest import HIPPOCAMPUS_FIXTURE, MRI_PLAN, SHARED, needs_shared
@@ -248,3 +249,13 @@ def test_overlapping_segments_are_refused_unless_the_highest_number_is_asked_for
     numbers = np.arange(1, stacked.shape[-1] + 1)
     assert (stacked.sum(-1) > 1).any()  # the file does overlap
     np.testing.assert_array_equal(written, (stacked * numbers).max(-1))
+
+
+def test_a_bundle_folder_is_identified_by_the_hash_of_its_weights(untrained_model, tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / BUNDLE_WEIGHTS).parent.mkdir(parents=True)
+    shutil.copyfile(untrained_model, bundle / BUNDLE_WEIGHTS)
+    _, description = load_model(untrained_model)
+    parameters = [algorithm(description, path)[0].AlgorithmParameters for path in (bundle, untrained_model)]
+    sha256 = hashlib.sha256(untrained_model.read_bytes()).hexdigest()
+    assert all(f"sha256={sha256}" in p for p in parameters), parameters

@@ -26,6 +26,7 @@ from pipeline.dicom.codes import property_codes
 from pipeline.dicom.sources import instance_uid, read_header, read_sources
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
+from pipeline.model import BUNDLE_WEIGHTS
 from pipeline.volumes import Series, choose_series, find_series, read_series
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def algorithm(description: dict[str, Any], model_path: Path) -> hd.AlgorithmIden
     name = f"medseg {description['network']['name']} {description.get('modality', '')}: {labels}"
     commit, run = provenance.get("git_commit"), provenance.get("mlflow_run_id")
     version = " ".join(filter(None, [f"git {commit[:12]}" if commit else "", f"run {run}" if run else ""]))
-    parameters = {"model_file": model_path.name, "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()}
+    weights = model_path / BUNDLE_WEIGHTS if model_path.is_dir() else model_path  # a bundle folder: its weights
+    parameters = {"model_file": model_path.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     if provenance.get("epochs") is not None:
         parameters["epochs"] = str(provenance["epochs"])
     return hd.AlgorithmIdentificationSequence(
