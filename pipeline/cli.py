@@ -164,12 +164,46 @@ def evaluate(
     split_json: Path,
     out_dir: Path,
     run_file: Annotated[Path | None, typer.Option(help="MLflow run to add the results to.")] = None,
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Segment the validation cases from their raw files and write per-case and summary Dice."""
+    """Segment the validation cases from their raw files; write per-case and summary scores and report.html."""
     from pipeline.evaluate import evaluate as run
 
-    summary = run(model, prep_dir, split_json, out_dir, run_file)
-    typer.echo(", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+    summary = run(model, prep_dir, split_json, out_dir, run_file, config=load_params(params).evaluate)
+    typer.echo(", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
+
+
+@app.command("evaluate-folders")
+def evaluate_folders(
+    pred_dir: Annotated[Path, typer.Argument(help="Predicted label maps (NIfTI, NRRD, MetaImage, PNG).")],
+    ref_dir: Annotated[Path, typer.Argument(help="Reference label maps, matched to the predictions by file name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the CSV, metrics.json and report.")],
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Classes to score: 1=liver,2=spine, or JSON (inline, or a file such as a dataset.json)."),
+    ] = None,
+    nsd_tolerance_mm: Annotated[
+        list[float] | None, typer.Option("--nsd-tolerance", help="Surface Dice tolerance in mm; once, or per class.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="The images, matched by name, as background of the report's pictures.")
+    ] = None,
+) -> None:
+    """Score any two folders of label maps (this pipeline's, nnU-Net's, TotalSegmentator's) with the same metrics."""
+    from pipeline.config import EvaluateConfig
+    from pipeline.evaluation.folders import evaluate_folders as run
+    from pipeline.evaluation.folders import parse_labels
+
+    tolerance = EvaluateConfig().nsd_tolerance_mm if not nsd_tolerance_mm else nsd_tolerance_mm
+    tolerance = tolerance[0] if isinstance(tolerance, list) and len(tolerance) == 1 else tolerance
+    summary, matched = run(pred_dir, ref_dir, output, parse_labels(labels) if labels else None, tolerance, images)
+    for folder, names in ((pred_dir, matched.only_predictions), (ref_dir, matched.only_references)):
+        for name in names:
+            typer.secho(f"not scored: {folder / name}: no file of that name in the other folder", fg="yellow", err=True)
+    typer.echo(
+        f"{summary['n_cases']} cases: mean Dice {summary['dice_mean']:.4f}, HD95 {summary['hd95_mm_mean']:.2f} mm, "
+        f"surface Dice {summary['nsd_mean']:.4f}; report in {output / 'report.html'}"
+    )
 
 
 @app.command()

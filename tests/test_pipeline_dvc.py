@@ -55,7 +55,7 @@ def test_repro_runs_every_stage_and_leaves_model_metrics_and_plots(project):
     assert stages_run(first) == {"acquire", "preprocess", "split", "train", "evaluate"}
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert metrics["n_cases"] == 3 and 0 <= metrics["dice_mean"] <= 1
-    assert (repo / "models" / "model.pt").is_file() and (repo / "reports" / "dice_per_class.png").is_file()
+    assert (repo / "models" / "model.pt").is_file() and (repo / "reports" / "report.html").is_file()
     assert (repo / "dvc.lock").is_file()
 
 

@@ -1,0 +1,1 @@
+"""Scoring label maps against references: metrics, the report, and folders of files from any tool."""
