@@ -167,9 +167,11 @@ def evaluate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Segment the validation cases from their raw files; write per-case and summary scores and report.html."""
+    from pipeline.config import Params
     from pipeline.evaluate import evaluate as run
 
-    summary = run(model, prep_dir, split_json, out_dir, run_file, config=load_params(params).evaluate)
+    config = load_params(params) if params.is_file() else Params()  # the model file needs no params
+    summary = run(model, prep_dir, split_json, out_dir, run_file, config=config.evaluate)
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
 
 
