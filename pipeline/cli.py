@@ -171,7 +171,7 @@ def evaluate(
     from pipeline.evaluate import evaluate as run
 
     config = load_params(params) if params.is_file() else Params()  # the model file needs no params
-    summary = run(model, prep_dir, split_json, out_dir, run_file, config=config.evaluate)
+    summary = run(model, prep_dir, split_json, out_dir, run_file, config=config.evaluate, tracking=config.mlflow)
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
 
 

@@ -184,6 +184,7 @@ class EvaluateConfig(_Section):
 
 class MlflowConfig(_Section):
     experiment: str = "medseg"
+    registered_model: str | None = None  # the registry's name for the evaluated model; None: medseg-<dataset>
 
 
 class Params(_Section):

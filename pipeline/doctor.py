@@ -139,7 +139,7 @@ def check_data(params: Path) -> Check:
 
 
 def tracking_uri() -> str:
-    from pipeline.tracking import DEFAULT_TRACKING_URI
+    from pipeline.tracking.runs import DEFAULT_TRACKING_URI
 
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
 
-from pipeline import tracking
-from pipeline.config import EvaluateConfig
+from pipeline.config import EvaluateConfig, MlflowConfig
 from pipeline.dataset import class_indices
 from pipeline.evaluation.metrics import LabelledCase
 from pipeline.evaluation.scoring import OUTPUT_FILES, evaluate_cases
 from pipeline.inference import predict
 from pipeline.model import load_model
+from pipeline.tracking.offline import PENDING_DIR, RunLog
+from pipeline.tracking.provenance import validation_split_hash
+from pipeline.tracking.registry import register, registered_name
 from pipeline.volumes import read_image, to_metatensor
 
 
@@ -44,7 +45,10 @@ def evaluate(
     out_dir: Path,
     run_file: Path | None = None,
     config: EvaluateConfig | None = None,
+    tracking: MlflowConfig | None = None,
 ) -> dict:
+    """With ``run_file``, the scores go to the training's MLflow run and the model to the registry
+    (``tracking.registered_model``)."""
     config = config or EvaluateConfig()
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,9 +82,13 @@ def evaluate(
     )
 
     if run_file and Path(run_file).is_file():
-        run = json.loads(Path(run_file).read_text())
-        with tracking.start(run["experiment"], run_id=run["run_id"]):
-            mlflow.log_metrics(mlflow_metrics(summary))
-            for name in OUTPUT_FILES:
-                mlflow.log_artifact(str(out_dir / name), artifact_path="evaluation")
+        logged = json.loads(Path(run_file).read_text())
+        run = RunLog(Path(run_file).parent / PENDING_DIR, logged["experiment"], logged["run_id"])
+        run.log_metrics(mlflow_metrics(summary))
+        for name in OUTPUT_FILES:
+            run.log_artifact(out_dir / name, artifact_path="evaluation")
+        dataset = json.loads((Path(prep_dir) / "dataset.json").read_text())["name"]
+        name = registered_name((tracking or MlflowConfig()).registered_model, dataset)
+        split = validation_split_hash(split_json)
+        register(run, network, Path(model_path), description["patch_size"], name, summary["dice_mean"], split)
     return summary

@@ -104,7 +104,12 @@ def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A model file, or a MONAI bundle folder written by ``medseg export``."""
+    """A model file, a MONAI bundle folder written by ``medseg export``, or an MLflow URI of a registered or logged
+    model (``models:/medseg-hippocampus@champion``, ``runs:/<id>/model``)."""
+    if str(path).startswith(("models:/", "runs:/")):
+        from pipeline.tracking.registry import download_model_file
+
+        path = download_model_file(str(path))
     path = Path(path)
     content = _read_bundle(path, device) if path.is_dir() else _read_model_file(path, device)
     network = build_network(content["network"])

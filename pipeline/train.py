@@ -8,12 +8,12 @@ import hashlib
 import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader, partition_dataset
@@ -23,10 +23,10 @@ from monai.utils import set_determinism
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline import distributed, tracking, transforms
+from pipeline import distributed, transforms
 from pipeline.batches import EpochPlan, PatchSampler, cache_case, epoch_batches
 from pipeline.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from pipeline.config import Params, TrainConfig, flatten
+from pipeline.config import Params, TrainConfig, flatten, params_yaml
 from pipeline.distributed import World
 from pipeline.errors import ConfigError
 from pipeline.files import write_csv, write_json
@@ -35,6 +35,9 @@ from pipeline.losses import build_loss, ce_weight_at, set_ce_weight
 from pipeline.model import build_network, describe, save_model
 from pipeline.optim import build_optimizer, build_schedule
 from pipeline.plan import median_shape, plan_patch_size
+from pipeline.tracking.environment import environment
+from pipeline.tracking.offline import PENDING_DIR, RunLog, logged_run
+from pipeline.tracking.provenance import git_commit, lineage_files, provenance_tags
 from pipeline.unet_paper import center_crop, check_tile, input_for_output
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class Progress:
     best_weights: dict[str, torch.Tensor] | None = None
     validations_since_best: int = 0
     stopped: str = ""
+    resumed_at: list[int] = field(default_factory=list)  # the epochs after which a killed run was resumed
 
 
 def _case_files(
@@ -256,15 +260,22 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
     threads = config.data_workers if config.data_workers is not None else (4 if device.type == "cuda" else 1)
 
     foreground = [name for key, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if key != "0"]
-    with tracking.start(params.mlflow.experiment, run_id=run_id) if world.main else contextlib.nullcontext() as run:
+    tracked = logged_run(out_dir / PENDING_DIR, params.mlflow.experiment, run_id)
+    with tracked if world.main else contextlib.nullcontext() as run:
         if world.main and state is None:
-            mlflow.log_params({**flatten(params), "processes": world.size})
-            mlflow.set_tags({**tracking.provenance_tags(), "dataset": data.meta["name"], "device": device.type})
-            tracking.log_dataset(data.manifest.reset_index(), source=prep_dir, name=data.meta["name"])
+            run.log_params({**flatten(params), "processes": world.size, **environment(device, world.size, threads)})
+            run.set_tags({**provenance_tags(split_json), "dataset": data.meta["name"], "device": device.type})
+            run.log_dataset(data.manifest.reset_index(), source=prep_dir, name=data.meta["name"])
             for record in ("fingerprint.json", "plan.json", "validation.csv"):
-                mlflow.log_artifact(str(prep_dir / record), artifact_path="data")
+                run.log_artifact(prep_dir / record, artifact_path="data")
+            _log_lineage(run, params, split_json)
+        elif world.main:  # a killed run continues: the gap is marked where it happened
+            progress.resumed_at.append(progress.epoch)
+            run.set_tags({"resumed_at_epoch": ",".join(map(str, progress.resumed_at))})
+            run.log_metrics({"resumed_at_epoch": progress.epoch}, step=progress.epoch)
         if world.main:
-            write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+            run.start_system_metrics(resumed=state is not None)
+            write_json(out_dir / RUN_FILE, {"run_id": run.run_id, "experiment": params.mlflow.experiment})
         while progress.epoch < config.epochs and not progress.stopped:
             started = time.monotonic()
             progress.epoch += 1
@@ -307,7 +318,7 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
             rng = world.gather(rng_state())
             if not world.main:
                 continue
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=progress.epoch)
+            run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=progress.epoch)
             log.info(
                 "epoch %d: %s", progress.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             )
@@ -322,12 +333,21 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
                     "scaler": scaler.state_dict(),
                     "rng": rng,
                     "progress": asdict(progress),
-                    "mlflow_run_id": run.info.run_id,
+                    "mlflow_run_id": run.run_id,
                 },
             )
         if world.main:
             _finish(out_dir, network, description, progress, params, run)
     return progress.history[-1]
+
+
+def _log_lineage(run: RunLog, params: Params, split_json: Path) -> None:
+    """The resolved params, the split and ``dvc.lock`` as the run's ``inputs/`` files."""
+    with tempfile.TemporaryDirectory() as scratch:
+        resolved = Path(scratch) / "params.yaml"
+        resolved.write_text(params_yaml(params))
+        for path in (resolved, *lineage_files(split_json)):
+            run.log_artifact(path, artifact_path="inputs")
 
 
 def _finish(
@@ -340,8 +360,8 @@ def _finish(
     if config.keep == "best" and progress.best_weights is not None:
         network.load_state_dict(progress.best_weights)
     description["provenance"] = {
-        "mlflow_run_id": run.info.run_id,
-        "git_commit": tracking.git_commit()[0],
+        "mlflow_run_id": run.run_id,
+        "git_commit": git_commit()[0],
         "epochs": progress.epoch,
         "kept": f"best (epoch {progress.best_epoch})" if config.keep == "best" else "last",
         "stopped": progress.stopped,
@@ -349,9 +369,9 @@ def _finish(
         "params": params.model_dump(),
     }
     save_model(out_dir / MODEL_FILE, network, description)
-    mlflow.log_artifact(str(out_dir / MODEL_FILE), artifact_path="model")
-    mlflow.log_artifact(str(out_dir / HISTORY_FILE))
-    mlflow.log_metrics(
+    run.log_artifact(out_dir / MODEL_FILE, artifact_path="model")
+    run.log_artifact(out_dir / HISTORY_FILE)
+    run.log_metrics(
         {"train_minutes": progress.minutes, "best_val_dice_mean": progress.best_dice, "best_epoch": progress.best_epoch}
     )
     (out_dir / CHECKPOINT_FILE).unlink()  # the run is complete; a later run must not resume from it

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import tracking
+from pipeline.tracking.runs import start
 from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluate import evaluate
@@ -25,7 +25,7 @@ def prepared(hippocampus, tiny_params, tmp_path):
 
 def test_evaluate_writes_per_case_summary_report_and_logs_them(prepared, untrained_model, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with tracking.start("evaluate-test") as run:
+    with start("evaluate-test") as run:
         run_id = run.info.run_id
     (tmp_path / "run.json").write_text(json.dumps({"experiment": "evaluate-test", "run_id": run_id}))
     prep, split_json = prepared

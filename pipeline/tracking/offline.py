@@ -1,0 +1,255 @@
+"""A run's log that outlives its tracking server.
+
+Everything goes to MLflow while it answers. The first call that fails (server unreachable, too slow, gone
+mid-training) is reported once; from then on this process appends what it would have sent to
+``<models>/mlflow_pending/<run>.jsonl`` (files copied beside it), and training goes on. ``medseg runs sync``
+replays those lines, in order, onto the same run (or creates it, for a run that never reached the server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from pipeline.files import write_json
+from pipeline.tracking.runs import ERROR_TAG, configure, describe_error, final_status, sigterm_as_interrupt
+
+log = logging.getLogger(__name__)
+
+PENDING_DIR = "mlflow_pending"
+LOCAL_PREFIX = "pending-"  # a run id made up here, for a run the server never saw
+SYNCED_FILE = "synced.json"  # local run ids and the MLflow run ids that sync gave them
+BATCH = 100  # MLflow's limit of params per log_batch
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _synced(pending_dir: Path) -> dict[str, str]:
+    path = pending_dir / SYNCED_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if needed (two processes creating it at once both get it)."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _batches(items: list, size: int = BATCH):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _send(client: MlflowClient, run_id: str, op: dict[str, Any], files: Path) -> None:
+    """Apply one logged operation to MLflow; ``files`` holds the copies of pending artifacts."""
+    kind = op["op"]
+    if kind == "params":
+        for batch in _batches([Param(k, str(v)) for k, v in op["params"].items()]):
+            client.log_batch(run_id, params=batch)
+    elif kind == "tags":
+        for batch in _batches([RunTag(k, str(v)) for k, v in op["tags"].items()]):
+            client.log_batch(run_id, tags=batch)
+    elif kind == "metrics":
+        metrics = [Metric(k, float(v), op["timestamp"], op["step"]) for k, v in op["metrics"].items()]
+        for batch in _batches(metrics, 1000):
+            client.log_batch(run_id, metrics=batch)
+    elif kind == "artifact":
+        source = files / op["file"] if not Path(op["file"]).is_absolute() else Path(op["file"])
+        client.log_artifact(run_id, str(source), op.get("artifact_path"))
+    elif kind == "dataset":
+        import mlflow.data
+
+        frame = pd.read_csv(files / op["file"], dtype={"case_id": str})
+        context = InputTag("mlflow.data.context", op["context"])
+        with warnings.catch_warnings():  # MLflow's hints about schema inference do not apply to a case table
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_pandas(frame, source=op["source"], name=op["name"])
+            client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
+    elif kind == "end":
+        client.set_terminated(run_id, op["status"], op["end_time"])
+    else:
+        raise ValueError(f"unknown pending operation {kind!r}")
+
+
+class RunLog:
+    """One MLflow run, written through the tracking server while it answers and to pending files after."""
+
+    def __init__(self, pending_dir: Path, experiment: str, run_id: str | None = None, run_name: str | None = None):
+        self.pending_dir = Path(pending_dir)
+        self.experiment = experiment
+        self.uri = configure()
+        self.client = MlflowClient(self.uri)
+        self.online = True
+        self._monitor = None
+        if run_id:
+            run_id = _synced(self.pending_dir).get(run_id, run_id)
+            if run_id.startswith(LOCAL_PREFIX):  # the server never saw it: keep its lines together
+                self.online = False
+                log.warning("MLflow run %s is still pending in %s: run `medseg runs sync`", run_id, self.pending_dir)
+            self.run_id = run_id
+            return
+        try:
+            self.run_id = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name).info.run_id
+        except Exception as err:  # any failure of the store: training must go on
+            self.run_id = f"{LOCAL_PREFIX}{uuid.uuid4().hex}"
+            self._go_offline(err)
+            self._append({"op": "create", "experiment": experiment, "run_name": run_name, "start_time": _now_ms()})
+
+    @property
+    def pending_file(self) -> Path:
+        return self.pending_dir / f"{self.run_id}.jsonl"
+
+    def _go_offline(self, error: BaseException) -> None:
+        self.online = False
+        log.warning(
+            "MLflow at %s did not answer (%s); this run's metrics and files are kept in %s "
+            "and `medseg runs sync` uploads them when it is back",
+            self.uri,
+            describe_error(error)[:300],
+            self.pending_dir,
+        )
+
+    def _append(self, op: dict[str, Any]) -> None:
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        with self.pending_file.open("a") as handle:
+            handle.write(json.dumps(op) + "\n")
+
+    def _log(self, op: dict[str, Any]) -> None:
+        if self.online:
+            try:
+                _send(self.client, self.run_id, op, self.pending_dir)
+                return
+            except Exception as err:  # unreachable, timed out, or an error of the store
+                self._go_offline(err)
+        self._append(op)
+
+    def _keep_file(self, path: Path) -> str:
+        """A copy of ``path`` in the pending folder (the original may be rewritten before sync)."""
+        relative = Path(self.run_id) / uuid.uuid4().hex[:8] / Path(path).name
+        (self.pending_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, self.pending_dir / relative)
+        return str(relative)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._log({"op": "params", "params": {k: str(v) for k, v in params.items()}})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._log({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self._log({"op": "metrics", "metrics": metrics, "step": step, "timestamp": _now_ms()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.online:
+            try:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+                return
+            except Exception as err:
+                self._go_offline(err)
+        self._append({"op": "artifact", "file": self._keep_file(Path(path)), "artifact_path": artifact_path})
+
+    def log_dataset(self, table: pd.DataFrame, source: Path, name: str, context: str = "training") -> None:
+        """The case table as the run's input, with MLflow's content digest."""
+        op = {"op": "dataset", "source": str(source), "name": name, "context": context}
+        if self.online:
+            with tempfile.TemporaryDirectory() as scratch:
+                table.to_csv(Path(scratch) / f"{name}.csv", index=False)
+                try:
+                    _send(self.client, self.run_id, {**op, "file": f"{name}.csv"}, Path(scratch))
+                    return
+                except Exception as err:
+                    self._go_offline(err)
+        relative = Path(self.run_id) / uuid.uuid4().hex[:8] / f"{name}.csv"
+        (self.pending_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(self.pending_dir / relative, index=False)
+        self._append({**op, "file": str(relative)})
+
+    def start_system_metrics(self, resumed: bool = False, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> None:
+        """MLflow's sampler of CPU, memory, disk, network (and GPU) into ``system/*`` metrics, while online."""
+        if not self.online:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=self.uri
+        )
+        self._monitor.start()
+
+    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        if self._monitor is not None:
+            if self.online:
+                self._monitor.finish()  # its last samples are flushed
+                if self._monitor._logging_step == 0:  # a run shorter than one interval still gets one sample
+                    self._monitor.collect_metrics()
+                    self._monitor.publish_metrics(self._monitor.aggregate_metrics())
+                    self._monitor.mlflow_logger.flush()
+            else:
+                self._monitor._shutdown_event.set()  # its own thread gives up on a server that is gone
+            self._monitor = None
+        if error is not None:
+            self.set_tags({ERROR_TAG: describe_error(error)})
+        self._log({"op": "end", "status": status, "end_time": _now_ms()})
+
+
+def sync(pending_dir: Path) -> list[tuple[str, str, int]]:
+    """Upload every pending run in ``pending_dir``; returns (pending id, MLflow run id, operations sent) each.
+    Progress is kept per line, so a sync that fails part-way resumes where it stopped."""
+    pending_dir = Path(pending_dir)
+    client = MlflowClient(configure())
+    synced, done = _synced(pending_dir), []
+    for file in sorted(pending_dir.glob("*.jsonl")):
+        key, progress_file = file.stem, file.with_suffix(".sent")
+        ops = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        sent = int(progress_file.read_text()) if progress_file.is_file() else 0
+        run_id = synced.get(key) or (None if key.startswith(LOCAL_PREFIX) else key)
+        for index in range(sent, len(ops)):
+            op = ops[index]
+            if op["op"] == "create":
+                if run_id is None:
+                    experiment = experiment_id(client, op["experiment"])
+                    run = client.create_run(experiment, start_time=op["start_time"], run_name=op.get("run_name"))
+                    run_id = synced[key] = run.info.run_id
+                    write_json(pending_dir / SYNCED_FILE, synced)
+            else:
+                _send(client, run_id, op, pending_dir)
+            progress_file.write_text(str(index + 1))
+        done.append((key, run_id, len(ops) - sent))
+        file.unlink()
+        progress_file.unlink(missing_ok=True)
+        shutil.rmtree(pending_dir / key, ignore_errors=True)
+    return done
+
+
+@contextlib.contextmanager
+def logged_run(pending_dir: Path, experiment: str, run_id: str | None = None) -> Iterator[RunLog]:
+    """A RunLog that ends FINISHED, or KILLED (Ctrl-C, SIGTERM) or FAILED with the error as its ``error`` tag."""
+    run = RunLog(pending_dir, experiment, run_id)
+    try:
+        with sigterm_as_interrupt():
+            yield run
+    except BaseException as err:
+        run.end(final_status(err), err)
+        raise
+    run.end()
