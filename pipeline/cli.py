@@ -171,7 +171,8 @@ def evaluate(
     from pipeline.evaluate import evaluate as run
 
     config = load_params(params) if params.is_file() else Params()  # the model file needs no params
-    summary = run(model, prep_dir, split_json, out_dir, run_file, config=config.evaluate, tracking=config.mlflow)
+    evaluate_config, tta = config.evaluate, config.inference.tta
+    summary = run(model, prep_dir, split_json, out_dir, run_file, evaluate_config, tta=tta, tracking=config.mlflow)
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
 
 
@@ -227,11 +228,20 @@ def segment(
             "--format", help="nifti; dicom-seg (a DICOM SEG referencing the input series, <folder>.dcm); or both."
         ),
     ] = "nifti",
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Mirroring test-time augmentation: probabilities averaged over all flips.")
+    ] = False,
+    probabilities: Annotated[
+        bool,
+        typer.Option(
+            "--probabilities", help="Also write OUTPUT/<name>_probabilities: uint8 class probabilities x 255."
+        ),
+    ] = False,
 ) -> None:
     """Write OUTPUT/<input name>: a uint8 label map on exactly the input's grid (or a DICOM SEG, --format)."""
     from pipeline.segment import segment as run
 
-    failures = run(inputs, output, model, series, output_format)
+    failures = run(inputs, output, model, series, output_format, tta, probabilities)
     for path, reason in failures:
         typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
     if failures:

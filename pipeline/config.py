@@ -173,6 +173,14 @@ class TrainConfig(_Section):
 class InferenceConfig(_Section):
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = 4
+    tta: bool = Field(
+        False, description="Evaluate with mirroring test-time augmentation (probabilities averaged over all flips)."
+    )
+    largest_component: bool = Field(
+        False,
+        description="Let training decide, per class on the validation cases, whether keeping only the largest "
+        "connected component improves Dice; the model file records the classes and inference applies it.",
+    )
 
 
 class EvaluateConfig(_Section):

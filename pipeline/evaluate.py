@@ -45,10 +45,11 @@ def evaluate(
     out_dir: Path,
     run_file: Path | None = None,
     config: EvaluateConfig | None = None,
+    tta: bool = False,
     tracking: MlflowConfig | None = None,
 ) -> dict:
-    """With ``run_file``, the scores go to the training's MLflow run and the model to the registry
-    (``tracking.registered_model``)."""
+    """``tta``: segment with mirroring test-time augmentation (params' ``inference.tta``). With ``run_file``, the
+    scores go to the training's MLflow run and the model to the registry (``tracking.registered_model``)."""
     config = config or EvaluateConfig()
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +66,7 @@ def evaluate(
         image = to_metatensor(raw_image)
         return LabelledCase(
             case_id,
-            prediction=predict(network, description, image, device),
+            prediction=predict(network, description, image, device, tta),
             reference=class_indices(description["label_values"])[values],
             spacing=tuple(raw_image.GetSpacing()),
             image=image[0].numpy(),

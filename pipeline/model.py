@@ -44,7 +44,7 @@ def describe(
         "modality": modality,
         "preprocess": plan,
         "patch_size": list(patch_size),
-        "inference": params.inference.model_dump(),
+        "inference": params.inference.model_dump(exclude={"tta"}),  # TTA is chosen when segmenting
     }
 
 

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from pipeline.dicom.seg import write_segmentation
 from pipeline.errors import InputError, MedsegError
 from pipeline.files import atomic_path
-from pipeline.inference import predict
+from pipeline.inference import PROBABILITY_SCALE, predict, predict_with_probabilities
 from pipeline.model import load_model
-from pipeline.volumes import FILE_SUFFIXES, Series, choose_series, is_nifti, read_image, to_metatensor
+from pipeline.volumes import FILE_SUFFIXES, NIFTI_SUFFIXES, Series, choose_series, is_nifti, read_image, to_metatensor
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,31 @@ def write_label_map(labels: np.ndarray, source: Source, reference: sitk.Image, p
             sitk.WriteImage(result, str(tmp), useCompression=True)
 
 
+def probabilities_path(source: Source, out_dir: Path) -> Path:
+    """``case.nii.gz`` gives ``case_probabilities.nii.gz``; any other input NRRD (``case_probabilities.nrrd``)."""
+    name = source.output_name
+    suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), "." + name.rsplit(".", 1)[-1])
+    return Path(out_dir) / f"{name[: -len(suffix)]}_probabilities{suffix if is_nifti(source.path) else '.nrrd'}"
+
+
+def write_probabilities(probabilities: np.ndarray, source: Source, reference: sitk.Image, path: Path) -> None:
+    """(class, *shape) uint8 maps, probability x 255, as one file on the input's grid: a NIfTI input gives
+    a 4D NIfTI with the input's header (last axis the class; scl_slope 1/255, so readers that apply it get
+    probabilities), any other input an NRRD of vector pixels (one component per class) with its geometry."""
+    with atomic_path(path) as tmp:
+        if is_nifti(source.path):
+            original = nib.load(source.path)
+            header = original.header.copy()
+            header.set_data_dtype(np.uint8)
+            image = nib.Nifti1Image(np.moveaxis(probabilities, 0, -1), original.affine, header)
+            image.header.set_slope_inter(1 / PROBABILITY_SCALE, 0)  # after construction, which resets scaling
+            nib.save(image, tmp)
+        else:
+            result = sitk.GetImageFromArray(probabilities.T, isVector=True)  # (z, y, x, class)
+            result.CopyInformation(reference)
+            sitk.WriteImage(result, str(tmp), useCompression=True)
+
+
 def _check_format(sources: list[Source], output_format: str) -> None:
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
@@ -95,11 +120,18 @@ def _check_format(sources: list[Source], output_format: str) -> None:
 
 
 def segment(
-    inputs: list[Path], out_dir: Path, model_path: Path, series: str | None = None, output_format: str = "nifti"
+    inputs: list[Path],
+    out_dir: Path,
+    model_path: Path,
+    series: str | None = None,
+    output_format: str = "nifti",
+    tta: bool = False,
+    probabilities: bool = False,
 ) -> list[tuple[Path, str]]:
     """Segment every input; returns the inputs that failed, each with its reason.
     Labels are written with the values the training data used (which need not be 0..K-1); a SEG's
-    segment numbers are the class indices 1..K-1 (DICOM numbers segments from 1)."""
+    segment numbers are the class indices 1..K-1 (DICOM numbers segments from 1). ``tta``: mirroring
+    test-time augmentation; ``probabilities``: also write the class probabilities (``write_probabilities``)."""
     sources = find_sources(inputs, series)
     _check_format(sources, output_format)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,11 +140,18 @@ def segment(
     for source in tqdm(sources, desc="segmenting", unit="volume"):
         try:
             reference = read_image(source.path, source.series)
-            classes = predict(network, description, to_metatensor(reference), device)
+            image = to_metatensor(reference)
+            if probabilities:
+                classes, class_probabilities = predict_with_probabilities(network, description, image, device, tta)
+            else:
+                classes, class_probabilities = predict(network, description, image, device, tta), None
+            del image
             labels = np.asarray(description["label_values"], dtype=np.uint8)[classes]
         except MedsegError as err:
             failures.append((source.path, str(err)))
             continue
+        if class_probabilities is not None:
+            write_probabilities(class_probabilities, source, reference, probabilities_path(source, out_dir))
         if output_format in ("nifti", "both"):
             write_label_map(labels, source, reference, Path(out_dir) / source.output_name)
         if output_format in ("dicom-seg", "both"):

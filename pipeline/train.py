@@ -30,11 +30,12 @@ from pipeline.config import Params, TrainConfig, flatten, params_yaml
 from pipeline.distributed import World
 from pipeline.errors import ConfigError
 from pipeline.files import write_csv, write_json
-from pipeline.inference import sliding_window_logits
+from pipeline.inference import sliding_window_logits, validation_label_maps
 from pipeline.losses import build_loss, ce_weight_at, set_ce_weight
 from pipeline.model import build_network, describe, save_model
 from pipeline.optim import build_optimizer, build_schedule
 from pipeline.plan import median_shape, plan_patch_size
+from pipeline.postprocess import decide_largest_component
 from pipeline.tracking.environment import environment
 from pipeline.tracking.offline import PENDING_DIR, RunLog, logged_run
 from pipeline.tracking.provenance import git_commit, lineage_files, provenance_tags
@@ -337,7 +338,7 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
                 },
             )
         if world.main:
-            _finish(out_dir, network, description, progress, params, run)
+            _finish(out_dir, network, description, progress, params, run, data.val_loader)
     return progress.history[-1]
 
 
@@ -351,7 +352,13 @@ def _log_lineage(run: RunLog, params: Params, split_json: Path) -> None:
 
 
 def _finish(
-    out_dir: Path, network: torch.nn.Module, description: dict[str, Any], progress: Progress, params: Params, run
+    out_dir: Path,
+    network: torch.nn.Module,
+    description: dict[str, Any],
+    progress: Progress,
+    params: Params,
+    run,
+    val_loader: DataLoader,
 ) -> None:
     """Write the model (the last or the best weights) with its provenance, and close the run."""
     config = params.train
@@ -359,6 +366,10 @@ def _finish(
         log.warning("stopped after epoch %d: %s", progress.epoch, progress.stopped)
     if config.keep == "best" and progress.best_weights is not None:
         network.load_state_dict(progress.best_weights)
+    if params.inference.largest_component:  # on this process's validation cases (all of them without torchrun)
+        cases = validation_label_maps(network, val_loader, description)
+        classes = decide_largest_component(cases, len(description["labels"]))
+        description["postprocess"] = {"largest_component_classes": classes}
     description["provenance"] = {
         "mlflow_run_id": run.run_id,
         "git_commit": git_commit()[0],

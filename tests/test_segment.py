@@ -1,6 +1,7 @@
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from pipeline.segment import InputError, find_sources, segment
 from pipeline.volumes import convert, read_image
@@ -86,3 +87,30 @@ def test_labels_are_written_with_the_values_of_the_training_data(tiny_params, tm
     source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_252.nii.gz"
     assert segment([source], tmp_path / "out", tmp_path / "model.pt") == []
     assert set(np.unique(np.asanyarray(nib.load(tmp_path / "out" / source.name).dataobj))) <= {0, 10, 20}
+
+
+def test_probabilities_are_written_beside_the_labels_on_the_input_grid(untrained_model, tmp_path):
+    source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_177.nii.gz"
+    assert segment([source], tmp_path, untrained_model, tta=True, probabilities=True) == []
+    labels, written = nib.load(tmp_path / source.name), nib.load(tmp_path / "hippocampus_177_probabilities.nii.gz")
+    assert written.shape == (*nib.load(source).shape, 3) and written.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(written.affine, nib.load(source).affine)
+    probabilities = written.get_fdata()  # scl_slope 1/255 turns the stored bytes into probabilities
+    assert probabilities.min() >= 0 and probabilities.max() <= 1
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1, atol=3 / 255)
+    # each voxel's label is its most likely class, up to one rounding step of the stored bytes (near-ties)
+    stored = np.asanyarray(written.dataobj.get_unscaled()).astype(int)
+    of_label = np.take_along_axis(stored, np.asanyarray(labels.dataobj)[..., None].astype(int), axis=-1)[..., 0]
+    assert (of_label >= stored.max(axis=-1) - 1).all()
+
+
+def test_an_nrrd_input_gets_its_probabilities_as_vector_pixels_on_its_grid(untrained_model, tmp_path):
+    source = convert(HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_252.nii.gz", tmp_path / "in" / "case.nrrd")
+    assert segment([tmp_path / "in" / "case.nrrd"], tmp_path / "out", untrained_model, probabilities=True) == []
+    written = read_image(tmp_path / "out" / "case_probabilities.nrrd")
+    assert written.GetNumberOfComponentsPerPixel() == 3 and written.GetSize() == source.GetSize()
+    assert written.GetPixelIDTypeAsString() == "vector of 8-bit unsigned integer"
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin())
+    np.testing.assert_allclose(written.GetDirection(), source.GetDirection())
+    totals = sitk.GetArrayViewFromImage(written).sum(axis=-1, dtype=int)
+    assert totals.min() >= 253 and totals.max() <= 257
