@@ -280,6 +280,53 @@ def doctor(params: ParamsOption = Path("params.yaml")) -> None:
         raise typer.Exit(1)
 
 
+runs_app = typer.Typer(help="The runs in MLflow: list, compare, upload what is pending.", no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(
+    context: typer.Context,
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Only this experiment's runs.")] = None,
+) -> None:
+    """A table of runs, newest first: status, lineage, the params that differ, Dice per class, registry alias."""
+    if context.invoked_subcommand is not None:
+        return
+    from pipeline.tracking.listing import print_frame, runs_table
+
+    table = runs_table(experiment)
+    if table.empty:
+        typer.echo("no runs")
+        return
+    print_frame(table, f"runs{f' of {experiment}' if experiment else ''}, newest first")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids (or unique prefixes).")],
+) -> None:
+    """Params side by side (only those that differ), and metrics with their deltas to the first run."""
+    from pipeline.tracking.listing import compare, print_frame
+
+    params, metrics = compare(run_ids)
+    print_frame(params, "params that differ", index=True)
+    print_frame(metrics, "metrics (latest values; deltas to the first run)", index=True)
+
+
+@runs_app.command("sync")
+def runs_sync(
+    pending: Annotated[Path, typer.Argument(help="The folder of pending runs.")] = Path("models/mlflow_pending"),
+) -> None:
+    """Upload the metrics and files kept on disk while the tracking server did not answer."""
+    from pipeline.tracking.offline import sync
+
+    done = sync(pending)
+    for key, run_id, count in done:
+        typer.echo(f"{key}: {count} pending operations sent to run {run_id}")
+    if not done:
+        typer.echo(f"nothing pending in {pending}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,134 @@
+"""The tracking server is not the critical path: a real `mlflow server` killed mid-training loses nothing."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import mlflow
+import pandas as pd
+import pytest
+
+import pipeline.train as training
+from pipeline.preprocess import preprocess
+from pipeline.split import split
+from pipeline.tracking.offline import sync
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(root, port: int, backend: str | None = None) -> subprocess.Popen:
+    """`mlflow server` on loopback, serving artifacts from a local folder; waits until it answers."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--backend-store-uri", backend or f"sqlite:///{root / 'server.db'}"]
+    command += ["--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "ab"), start_new_session=True
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.3)
+    stop_server(server)
+    raise AssertionError("mlflow server did not answer within 90 s")
+
+
+def stop_server(server: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, sig)  # the server and its workers: a session of their own
+    server.wait()
+
+
+@pytest.fixture
+def prepared(hippocampus, tiny_params, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preprocess(hippocampus, tmp_path / "prep", tiny_params.data, tiny_params.preprocess)
+    split(tmp_path / "prep" / "manifest.csv", tmp_path / "split.json", tiny_params.split, tiny_params.seed)
+    return tmp_path
+
+
+def _run_id(models):
+    return json.loads((models / "mlflow_run.json").read_text())["run_id"]
+
+
+def test_a_server_killed_mid_training_loses_nothing_and_sync_uploads_every_epoch(
+    prepared, tiny_params, monkeypatch, caplog
+):
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    server = start_server(prepared, port)
+    models = prepared / "models"
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"epochs": 4})})
+
+    def kill_after_the_first_epoch():
+        while not (models / "history.csv").exists():
+            time.sleep(0.02)
+        stop_server(server)
+
+    killer = threading.Thread(target=kill_after_the_first_epoch)
+    killer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline.tracking.offline"):
+            training.train(prepared / "prep", prepared / "split.json", models, params)
+    finally:
+        killer.join(timeout=60)
+        stop_server(server)
+
+    history = pd.read_csv(models / "history.csv")
+    assert list(history.epoch) == [1, 2, 3, 4] and (models / "model.pt").is_file()
+    pending = list((models / "mlflow_pending").glob("*.jsonl"))
+    assert [p.stem for p in pending] == [_run_id(models)]
+    steps = {op["step"] for op in map(json.loads, pending[0].read_text().splitlines()) if op["op"] == "metrics"}
+    assert 1 not in steps and 4 in steps, "epoch 1 reached the server; the later ones waited on disk"
+    assert sum("did not answer" in r.message for r in caplog.records) == 1, "reported once, not per epoch"
+
+    server = start_server(prepared, port)  # back, on the same store
+    try:
+        sent = sync(models / "mlflow_pending")
+        assert [run_id for _, run_id, _ in sent] == [_run_id(models)]
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        run = client.get_run(_run_id(models))
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]
+        dice = client.get_metric_history(run.info.run_id, "val_dice_mean")
+        assert [m.value for m in sorted(dice, key=lambda m: m.step)] == pytest.approx(list(history.val_dice_mean))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"model", "history.csv", "inputs", "data"} <= artifacts
+        assert "best_val_dice_mean" in run.data.metrics
+        assert not list((models / "mlflow_pending").glob("*.jsonl")), "what was sent is no longer pending"
+    finally:
+        stop_server(server)
+
+
+def test_a_run_that_never_reached_the_server_is_created_by_sync(prepared, tiny_params, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    models = prepared / "models"
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking.offline"):
+        training.train(prepared / "prep", prepared / "split.json", models, tiny_params)
+    local_id = _run_id(models)
+    assert local_id.startswith("pending-") and (models / "model.pt").is_file()
+    assert sum("did not answer" in r.message for r in caplog.records) == 1
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{prepared / 'mlflow.db'}")
+    [(key, run_id, _)] = sync(models / "mlflow_pending")
+    assert key == local_id
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+    assert client.get_experiment(run.info.experiment_id).name == "medseg"
+    assert run.inputs.dataset_inputs[0].dataset.name == "Hippocampus"
