@@ -16,14 +16,14 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 
 from pipeline.files import write_json
 from pipeline.tracking.runs import ERROR_TAG, configure, describe_error, final_status, sigterm_as_interrupt
@@ -136,14 +136,28 @@ class RunLog:
         with self.pending_file.open("a") as handle:
             handle.write(json.dumps(op) + "\n")
 
-    def _log(self, op: dict[str, Any]) -> None:
-        if self.online:
+    def _sent(self, send: Callable[[], None], what: str) -> bool:
+        """Whether ``send`` reached MLflow. A server that answers with an error (a concurrent run inserting the same
+        dataset or experiment) is asked once more; one that does not answer puts this run offline."""
+        if not self.online:
+            return False
+        for attempt in range(2):
             try:
-                _send(self.client, self.run_id, op, self.pending_dir)
-                return
+                send()
+                return True
+            except RestException as err:
+                if attempt:
+                    log.warning("MLflow refused %s (%s); kept in %s", what, describe_error(err)[:300], self.pending_dir)
+                    return False
+                time.sleep(0.5)
             except Exception as err:  # unreachable, timed out, or an error of the store
                 self._go_offline(err)
-        self._append(op)
+                return False
+        return False
+
+    def _log(self, op: dict[str, Any]) -> None:
+        if not self._sent(lambda: _send(self.client, self.run_id, op, self.pending_dir), op["op"]):
+            self._append(op)
 
     def _keep_file(self, path: Path) -> str:
         """A copy of ``path`` in the pending folder (the original may be rewritten before sync)."""
@@ -162,12 +176,8 @@ class RunLog:
         self._log({"op": "metrics", "metrics": metrics, "step": step, "timestamp": _now_ms()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if self.online:
-            try:
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
-                return
-            except Exception as err:
-                self._go_offline(err)
+        if self._sent(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), str(path)):
+            return
         self._append({"op": "artifact", "file": self._keep_file(Path(path)), "artifact_path": artifact_path})
 
     def log_dataset(self, table: pd.DataFrame, source: Path, name: str, context: str = "training") -> None:
@@ -176,11 +186,10 @@ class RunLog:
         if self.online:
             with tempfile.TemporaryDirectory() as scratch:
                 table.to_csv(Path(scratch) / f"{name}.csv", index=False)
-                try:
-                    _send(self.client, self.run_id, {**op, "file": f"{name}.csv"}, Path(scratch))
+                if self._sent(
+                    lambda: _send(self.client, self.run_id, {**op, "file": f"{name}.csv"}, Path(scratch)), name
+                ):
                     return
-                except Exception as err:
-                    self._go_offline(err)
         relative = Path(self.run_id) / uuid.uuid4().hex[:8] / f"{name}.csv"
         (self.pending_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(self.pending_dir / relative, index=False)

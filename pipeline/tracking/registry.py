@@ -5,6 +5,8 @@ back to a self-describing model file."""
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -76,6 +78,18 @@ def _champion(client: MlflowClient, name: str) -> tuple[object | None, float | N
     return holder, data.metrics.get(SCORE), data.tags.get(SPLIT_TAG)
 
 
+def _decide(holder, champion_score: float | None, champion_split: str | None, score: float, split: str, version: str):
+    if holder is None:
+        return CHAMPION, "no champion yet"
+    if str(holder.version) == version:
+        return CHAMPION, "holds it already"
+    if champion_split != split:
+        return CHALLENGER, f"champion (version {holder.version}) was evaluated on another validation split"
+    if champion_score is None or score > champion_score:
+        return CHAMPION, f"{SCORE} {score:.4f} beats version {holder.version}'s {champion_score}"
+    return CHALLENGER, f"{SCORE} {score:.4f} does not beat version {holder.version}'s {champion_score:.4f}"
+
+
 def register(
     run: RunLog, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str, score: float, split: str
 ) -> Decision | None:
@@ -87,16 +101,14 @@ def register(
         return None
     client = run.client
     model_version = _log_model(run.run_id, network, model_file, patch_size, name)
-    holder, champion_score, champion_split = _champion(client, name)
-    if holder is None:
-        alias, reason = CHAMPION, "no champion yet"
-    elif champion_split != split:
-        alias, reason = CHALLENGER, f"champion (version {holder.version}) was evaluated on another validation split"
-    elif champion_score is None or score > champion_score:
-        alias, reason = CHAMPION, f"{SCORE} {score:.4f} beats version {holder.version}'s {champion_score}"
-    else:
-        alias, reason = CHALLENGER, f"{SCORE} {score:.4f} does not beat version {holder.version}'s {champion_score:.4f}"
-    client.set_registered_model_alias(name, alias, model_version)
+    for _ in range(3):  # MLflow has no compare-and-set: look again in case a concurrent run moved the alias
+        holder, champion_score, champion_split = _champion(client, name)
+        alias, reason = _decide(holder, champion_score, champion_split, score, split, model_version)
+        client.set_registered_model_alias(name, alias, model_version)
+        time.sleep(random.uniform(0.2, 0.6))
+        now = _champion(client, name)[0]
+        if alias == CHALLENGER or (now is not None and str(now.version) == model_version):
+            break
     decision = Decision(name, model_version, alias, reason, score, champion_score)
     run.set_tags({f"registry.{k}": v for k, v in asdict(decision).items() if k not in ("score", "champion_score")})
     run.log_metrics(
