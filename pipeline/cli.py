@@ -327,6 +327,30 @@ def runs_sync(
         typer.echo(f"nothing pending in {pending}")
 
 
+@app.command()
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run (id, or a unique prefix as `medseg runs` shows it).")],
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where to make the git worktree (default: a temp folder).")
+    ] = None,
+    remote: Annotated[str | None, typer.Option(help="DVC remote to pull the data from (default: the default).")] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest absolute difference of a metric that still matches.")
+    ] = 1e-6,
+    allow_dirty: Annotated[bool, typer.Option(help="Reproduce a run made with uncommitted changes anyway.")] = False,
+) -> None:
+    """Check out the run's commit in a fresh worktree, restore its data with DVC, dvc repro, compare the metrics."""
+    from pipeline.tracking.listing import print_frame
+    from pipeline.tracking.reproduce import reproduce as run
+
+    result = run(run_id, workdir, remote, tolerance, allow_dirty)
+    print_frame(result.comparison, f"run {result.run_id} reproduced in {result.worktree}")
+    verdict = "reproduced: every metric within" if result.matches else "NOT reproduced: metrics differ by more than"
+    typer.echo(f"{verdict} {tolerance:g}")
+    if not result.matches:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -75,3 +75,38 @@ def synthetic_pair(shape=(40, 48, 36), seed=0) -> tuple[np.ndarray, np.ndarray]:
     _, label = create_test_image_3d(*shape, num_objs=4, rad_max=8, num_seg_classes=2, random_state=random)
     image = 1000.0 * (label > 0) + random.uniform(0, 100, shape)
     return image.astype(np.float32), label.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A git repository of the pipeline in which `dvc repro` ran the smoke preset once, logging to its own
+    ``mlflow.db``: (repository, environment for subprocesses, the run's id). Shared by the audit tests."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = tmp_path_factory.mktemp("smoke_run") / "repo"
+    repo.mkdir()
+    for item in ("dvc.yaml", "pipeline", "configs"):
+        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, repo / item)
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+
+    def run(*args):
+        result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "pipeline", "configure", "configs/smoke.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["source"] = str(HIPPOCAMPUS_FIXTURE)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("mlflow.db\n__pycache__/\n")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke project")
+    run(sys.executable, "-m", "dvc", "repro")
+    return repo, env, json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
