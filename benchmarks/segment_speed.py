@@ -97,11 +97,12 @@ def make_ct(target: Path) -> Path:
 
 
 def ct_model(target: Path, n_classes: int) -> Path:
-    """Untrained and tiny: a CT intensity plan (clip to [-1000, 1000] HU, z-score) at 1.5 mm, 96^3 windows."""
+    """Untrained and tiny (a DynUNet of 2, 4, 8 features): a CT intensity plan (clip to [-1000, 1000] HU, z-score) at 1.5 mm, 96^3 windows."""
     from pipeline.config import Params
     from pipeline.model import build_network, describe, save_model
 
-    params = Params.model_validate({"train": {"channels": [2, 4], "num_res_units": 0, "norm": "batch"}})
+    # DynUNet: its output head is a 1x1x1 convolution, so the full-resolution cost stays small with many classes
+    params = Params.model_validate({"train": {"network": "dynunet", "channels": [2, 4, 8], "num_res_units": 0}})
     plan = {
         "orientation": "RAS",
         "spacing": [1.5, 1.5, 1.5],
@@ -164,7 +165,8 @@ def main() -> None:
             sys.exit(f"{args.model}: no trained model (run `dvc repro`, or pass --model); or use --skip-hippocampus")
         for tta in (False, True):
             figures = _in_child(
-                "hippocampus", model=str(args.model), prep=str(args.prep), split_json=str(args.split),
+                "hippocampus", model=str(args.model.resolve()), prep=str(args.prep.resolve()),
+                split_json=str(args.split.resolve()),
                 cases=args.cases, tta=tta,
             )  # fmt: skip
             print(
