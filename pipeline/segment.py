@@ -135,6 +135,10 @@ def segment(
     sources = find_sources(inputs, series)
     _check_format(sources, output_format)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(model_path).startswith(("models:/", "runs:/")):  # the file itself: a SEG names its weights' hash
+        from pipeline.tracking.registry import download_model_file
+
+        model_path = download_model_file(str(model_path))
     network, description = load_model(model_path, device)
     failures: list[tuple[Path, str]] = []
     for source in tqdm(sources, desc="segmenting", unit="volume"):
