@@ -309,7 +309,10 @@ def runs_compare(
     from pipeline.tracking.listing import compare, print_frame
 
     params, metrics = compare(run_ids)
-    print_frame(params, "params that differ", index=True)
+    if params.empty:
+        typer.echo("params: the same in every run")
+    else:
+        print_frame(params, "params that differ", index=True)
     print_frame(metrics, "metrics (latest values; deltas to the first run)", index=True)
 
 
