@@ -357,7 +357,7 @@ def _finish(
     description: dict[str, Any],
     progress: Progress,
     params: Params,
-    run,
+    run: RunLog,
     val_loader: DataLoader,
 ) -> None:
     """Write the model (the last or the best weights) with its provenance, and close the run."""
