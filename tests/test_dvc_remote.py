@@ -77,7 +77,7 @@ def test_a_local_folder_remote_restores_the_raw_data_byte_for_byte(project, tmp_
 
 @pytest.fixture
 def s3_server(tmp_path):
-    pytest.importorskip("moto", reason="moto[server] (test extra) is not installed")
+    pytest.importorskip("moto", reason="moto (test extra) is not installed")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
