@@ -80,6 +80,11 @@ def sample_patch(
     ``matrix`` (about the patch centre) and ``field``; outside the case is 0. Keys in ``nearest`` (labels)
     are sampled by nearest neighbour, the others linearly."""
     dims = len(patch_size)
+    mirrors = torch.diagonal(matrix)
+    if field is None and torch.equal(matrix, torch.diag(mirrors)) and bool((mirrors.abs() == 1).all()):
+        # no rotation, scaling or deformation (most patches): a crop, mirrored, interpolates nothing
+        flipped = [1 + axis for axis in range(dims) if mirrors[axis] < 0]
+        return {key: _crop(volume, start, patch_size).flip(flipped) for key, volume in volumes.items()}
     centre = start.float() + (torch.tensor(patch_size) - 1) / 2
     axes = [torch.arange(size, dtype=torch.float32) - (size - 1) / 2 for size in patch_size]
     offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"))
@@ -99,6 +104,18 @@ def sample_patch(
         )[0]
         for key, volume in volumes.items()
     }
+
+
+def _crop(volume: torch.Tensor, start: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
+    """``volume[:, start:start + patch_size]``, zero where that reaches outside the volume."""
+    patch = volume.new_zeros((volume.shape[0], *patch_size), dtype=torch.float32)
+    source, target = [slice(None)], [slice(None)]
+    for begin, size, extent in zip(start.tolist(), patch_size, volume.shape[1:]):
+        low, high = max(begin, 0), min(begin + size, extent)
+        source.append(slice(low, max(high, low)))
+        target.append(slice(low - begin, low - begin + max(high - low, 0)))
+    patch[tuple(target)] = volume[tuple(source)].float()
+    return patch
 
 
 def intensity(image: torch.Tensor, aug: AugmentationConfig, generator: torch.Generator) -> torch.Tensor:

@@ -117,7 +117,10 @@ def epoch_batches(
     if threads == 0:
         yield from (make(i, cases) for i, cases in work)
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="batches") as pool:
+    # one core's worth of kernels each, so that they take turns with the step rather than crowd it
+    with ThreadPoolExecutor(
+        threads, thread_name_prefix="batches", initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         pending: deque = deque()
         for index, cases in work:
             pending.append(pool.submit(make, index, cases))

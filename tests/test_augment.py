@@ -79,3 +79,16 @@ def test_mirroring_alone_flips_image_and_label_together():
     patch = sample_patch(case, torch.zeros(3, dtype=torch.long), list(case["image"].shape[1:]), matrix, None, {"label"})
     for key in case:
         assert torch.allclose(patch[key], case[key].flip(1, 2, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_sampling_grid_and_the_plain_crop_agree_where_both_apply(dims):
+    case = _case(dims)
+    start, size = torch.tensor([-3, 5, 2][:dims]), [20, 24, 16][:dims]
+    mirrored = torch.diag(torch.tensor([-1.0, 1.0, -1.0][:dims]))
+    cropped = sample_patch(case, start, size, mirrored, None, nearest={"label"})
+    sampled = sample_patch(
+        case, start, size, mirrored, torch.zeros(dims, *size), nearest={"label"}
+    )  # a field: the grid
+    for key in case:
+        assert torch.allclose(cropped[key], sampled[key], atol=1e-4), key
