@@ -214,7 +214,7 @@ def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params) -> di
 
 def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, world: World) -> dict[str, Any]:
     config, device = params.train, world.device
-    set_determinism(seed=params.seed + world.rank)  # same initial weights (DDP copies rank 0's), different augmentation
+    set_determinism(seed=params.seed + world.rank)  # same initial weights (DDP copies rank 0's); batches seed their own
 
     data = _training_data(prep_dir, split_json, params, world)
     labels = data.meta["labels"]

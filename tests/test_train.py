@@ -57,12 +57,27 @@ def test_training_writes_a_model_history_and_an_mlflow_run(prepared, tiny_params
     assert [m.step for m in history_of_loss] == [1, 2]
 
 
-def test_the_same_params_and_seed_give_the_same_model(prepared, tiny_params):
-    _train(prepared, tiny_params, "first")
-    _train(prepared, tiny_params, "second")
+@pytest.mark.parametrize(
+    "speed",
+    [{"amp": True}, {"amp": False}, {"compile": True}],
+    ids=["bfloat16-where-supported", "float32", "compiled"],
+)
+def test_the_same_params_and_seed_give_the_same_model_with_any_number_of_data_threads(prepared, tiny_params, speed):
+    _train(prepared, _with(tiny_params, data_workers=0, **speed), "first")
+    _train(prepared, _with(tiny_params, data_workers=2, **speed), "second")
     first, second = _weights(prepared / "first" / "model.pt"), _weights(prepared / "second" / "model.pt")
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert _history(prepared / "first").equals(_history(prepared / "second"))
+
+
+def test_amp_trains_in_bfloat16_on_cpus_that_have_it_and_float32_elsewhere(monkeypatch):
+    cpu = torch.device("cpu")
+    assert training.autocast_dtype(False, cpu) is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert training.autocast_dtype(True, cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert training.autocast_dtype(True, cpu) is None
+    assert training.autocast_dtype(True, torch.device("cuda")) == torch.float16
 
 
 def test_a_run_killed_after_an_epoch_resumes_to_the_same_result(prepared, tiny_params, monkeypatch):
