@@ -1,5 +1,5 @@
 # The README's two commands. Each first sets up what is missing (scripts/setup-venv.sh: .venv, the torch
-# build for this machine, the project), once, and again only when pyproject.toml changes.
+# build for this machine, the project), once, and again only when pyproject.toml or constraints.txt changes.
 #   make run     the default pipeline: dvc repro
 #   make test    the test suite: python -m pytest   (make test PYTEST_ARGS=tests/test_cli.py for one file)
 #   make doctor  what this machine has and lacks for the default run
@@ -21,6 +21,6 @@ test: $(INSTALLED)
 doctor: $(INSTALLED)
 	$(IN_VENV) medseg doctor
 
-$(INSTALLED): pyproject.toml scripts/setup-venv.sh
+$(INSTALLED): pyproject.toml constraints.txt scripts/setup-venv.sh
 	PYTHON="$(PYTHON)" VENV="$(VENV)" scripts/setup-venv.sh
 	touch $@

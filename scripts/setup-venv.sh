@@ -43,6 +43,8 @@ else
     "${pip[@]}" install "$torch"
 fi
 
-echo "== medseg and its dependencies"
-"${pip[@]}" install -e ".[test]"
+echo "== medseg and its dependencies (versions from constraints.txt)"
+# the versions a fresh install resolved and the tests passed with: pip backtracked for many minutes
+# without them (the AWS libraries that the S3 test server and the DVC S3 remote pull in disagree)
+"${pip[@]}" install -c constraints.txt -e ".[test]"
 "$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "CUDA available:", torch.cuda.is_available())'
