@@ -53,6 +53,14 @@ def _labels(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj)
 
 
+def _assert_labels_agree(bundle: np.ndarray, segment: np.ndarray) -> None:
+    """The same labels but for near-ties: ``segment`` keeps the model-grid probabilities in float16 and maps
+    them back class by class with SimpleITK, the bundle in float32 through MONAI's Invertd, and the random
+    weights of the test model leave many voxels within float16's precision of a tie (a few in 58080 differ)."""
+    assert bundle.shape == segment.shape
+    assert np.mean(bundle != segment) < 1e-3, f"{np.sum(bundle != segment)} of {segment.size} voxels differ"
+
+
 @pytest.fixture
 def inputs(tmp_path) -> Path:
     """The real case, and the same case stored LPS (other voxel order, same anatomy)."""
@@ -81,7 +89,7 @@ def test_the_bundle_run_by_monai_labels_like_segment(tmp_path, inputs):
     for name in (CASE.name, "lps_case.nii.gz"):
         expected = _labels(tmp_path / "segment" / name)
         assert set(np.unique(expected)) == {0, 4, 9}  # every class present: the comparison means something
-        np.testing.assert_array_equal(_labels(tmp_path / "monai" / name), expected)
+        _assert_labels_agree(_labels(tmp_path / "monai" / name), expected)
         np.testing.assert_array_equal(_labels(tmp_path / "segment_bundle" / name), expected)
         written, original = nib.load(tmp_path / "monai" / name), nib.load(inputs / name)
         assert written.get_data_dtype() == np.uint8
@@ -159,7 +167,7 @@ def test_a_slice_model_bundle_labels_like_segment(tmp_path, inputs):
     )
     expected = _labels(tmp_path / "segment" / CASE.name)
     assert len(np.unique(expected)) == 3
-    np.testing.assert_array_equal(_labels(tmp_path / "monai" / CASE.name), expected)
+    _assert_labels_agree(_labels(tmp_path / "monai" / CASE.name), expected)
 
 
 def test_the_paper_unet_is_refused_as_a_bundle_but_not_as_a_network(tmp_path):
