@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from monai.data import create_test_image_3d
 
 from pipeline.config import Params
@@ -77,34 +82,40 @@ def synthetic_pair(shape=(40, 48, 36), seed=0) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), label.astype(np.uint8)
 
 
+def smoke_project(repo: Path, env: dict[str, str]) -> None:
+    """Make ``repo`` a git and DVC repository of the pipeline, configured with the smoke preset on the
+    fixture cases; nothing is committed or run yet."""
+    import subprocess
+    import sys
+
+    repo.mkdir(parents=True, exist_ok=True)
+    for item in ("dvc.yaml", "pipeline", "configs"):
+        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, repo / item)
+    for args in (
+        ("git", "init", "-q"),
+        (sys.executable, "-m", "dvc", "init", "-q"),
+        (sys.executable, "-m", "pipeline", "configure", "configs/smoke.yaml"),
+    ):
+        result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["source"] = str(HIPPOCAMPUS_FIXTURE)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """A git repository of the pipeline in which `dvc repro` ran the smoke preset once, logging to its own
     ``mlflow.db``: (repository, environment for subprocesses, the run's id). Shared by the audit tests."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
     repo = tmp_path_factory.mktemp("smoke_run") / "repo"
-    repo.mkdir()
-    for item in ("dvc.yaml", "pipeline", "configs"):
-        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, repo / item)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    smoke_project(repo, env)
 
     def run(*args):
         result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
         assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
 
-    run("git", "init", "-q")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "pipeline", "configure", "configs/smoke.yaml")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["source"] = str(HIPPOCAMPUS_FIXTURE)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("mlflow.db\n__pycache__/\n")
     run("git", "add", "-A")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke project")

@@ -3,16 +3,14 @@ S3-compatible server (moto) on loopback, configured as a team would configure it
 
 import filecmp
 import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-import yaml
 
-from tests.conftest import HIPPOCAMPUS_FIXTURE, ROOT
+from tests.conftest import smoke_project
 from tests.test_tracking_offline import free_port
 
 pytestmark = pytest.mark.slow
@@ -34,18 +32,10 @@ def same_tree(left, right) -> bool:
 def project(tmp_path_factory):
     """A git repository of the pipeline whose acquire stage has run: data/raw is DVC's to push."""
     repo = tmp_path_factory.mktemp("project") / "repo"
-    repo.mkdir()
-    for item in ("dvc.yaml", "pipeline", "configs"):
-        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, repo / item)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     dvc = (sys.executable, "-m", "dvc")
-    run("git", "init", "-q", cwd=repo, env=env)
-    run(*dvc, "init", "-q", cwd=repo, env=env)
-    run(sys.executable, "-m", "pipeline", "configure", "configs/smoke.yaml", cwd=repo, env=env)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["source"] = str(HIPPOCAMPUS_FIXTURE)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    smoke_project(repo, env)
     run(*dvc, "repro", "acquire", cwd=repo, env=env)
     return repo, env, dvc
 

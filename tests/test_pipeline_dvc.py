@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import HIPPOCAMPUS_FIXTURE, ROOT
+from tests.conftest import HIPPOCAMPUS_FIXTURE, smoke_project
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +30,10 @@ def stages_run(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     repo = tmp_path_factory.mktemp("project")
-    for item in ("dvc.yaml", "pipeline", "configs"):
-        copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
-        copy(ROOT / item, repo / item)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     dvc = (sys.executable, "-m", "dvc")
-    run("git", "init", "-q", cwd=repo, env=env)
-    run(*dvc, "init", "-q", cwd=repo, env=env)
-    run(sys.executable, "-m", "pipeline", "configure", "configs/smoke.yaml", cwd=repo, env=env)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["source"] = str(HIPPOCAMPUS_FIXTURE)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    smoke_project(repo, env)
     (repo / ".gitignore").write_text("mlflow.db\n__pycache__/\n")
     run("git", "add", "-A", cwd=repo, env=env)
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke project", cwd=repo, env=env)
