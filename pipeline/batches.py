@@ -64,7 +64,10 @@ class PatchSampler:
             voxels = case.foreground[int(torch.randint(len(case.foreground), (), generator=generator))]
             return voxels[int(torch.randint(len(voxels), (), generator=generator))] - size // 2
         # anywhere the patch lies inside the case, or, where the case is smaller, contains it
-        low, high = torch.minimum(shape - size, torch.zeros_like(shape)), torch.maximum(shape - size, torch.zeros_like(shape))
+        low, high = (
+            torch.minimum(shape - size, torch.zeros_like(shape)),
+            torch.maximum(shape - size, torch.zeros_like(shape)),
+        )
         return low + (torch.rand(len(shape), generator=generator) * (high - low + 1)).long().clamp(max=high - low)
 
     def patch(self, case: CachedCase, generator: torch.Generator) -> dict[str, torch.Tensor]:
