@@ -176,6 +176,17 @@ def evaluate(
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
 
 
+@app.command()
+def crossval(prep_dir: Path, out_dir: Path, params: ParamsOption = Path("params.yaml")) -> None:
+    """Train and evaluate every fold of split.n_folds into OUT_DIR/fold_<k>: one MLflow parent run with a nested run
+    per fold and the mean and std over folds. Run it again to resume after an interruption."""
+    from pipeline.crossval import cross_validate
+
+    summary = cross_validate(prep_dir, out_dir, load_params(params))
+    mean, std = summary["eval_dice_mean_mean"], summary["eval_dice_mean_std"]
+    typer.echo(f"mean Dice over folds: {mean:.4f} +- {std:.4f} (per fold: {out_dir / 'folds.csv'})")
+
+
 @app.command("evaluate-folders")
 def evaluate_folders(
     pred_dir: Annotated[Path, typer.Argument(help="Predicted label maps (NIfTI, NRRD, MetaImage, PNG).")],

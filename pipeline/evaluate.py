@@ -47,9 +47,11 @@ def evaluate(
     config: EvaluateConfig | None = None,
     tta: bool = False,
     tracking: MlflowConfig | None = None,
+    register_model: bool = True,
 ) -> dict:
     """``tta``: segment with mirroring test-time augmentation (params' ``inference.tta``). With ``run_file``, the
-    scores go to the training's MLflow run and the model to the registry (``tracking.registered_model``)."""
+    scores go to the training's MLflow run and, unless ``register_model`` is false (cross-validation's folds), the
+    model to the registry (``tracking.registered_model``)."""
     config = config or EvaluateConfig()
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,6 +90,8 @@ def evaluate(
         run.log_metrics(mlflow_metrics(summary))
         for name in OUTPUT_FILES:
             run.log_artifact(out_dir / name, artifact_path="evaluation")
+        if not register_model:
+            return summary
         dataset = json.loads((Path(prep_dir) / "dataset.json").read_text())["name"]
         name = registered_name((tracking or MlflowConfig()).registered_model, dataset)
         split = validation_split_hash(split_json)

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.tracking.runs import start
 from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluate import evaluate
 from pipeline.evaluation.metrics import METRICS
 from pipeline.preprocess import preprocess
 from pipeline.split import split
+from pipeline.tracking.runs import start
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import pipeline.tracking.registry as registry_module
 import pipeline.train as training
 from pipeline.cli import app
 from pipeline.config import render_preset
@@ -115,3 +116,32 @@ def test_segment_takes_a_registry_uri(registry, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "hippocampus_252.nii.gz").is_file()
+
+
+def test_the_alias_target_depends_on_the_versions_alone():
+    v = registry_module._Version
+    a, b, c = v(1, "a", 0.80, "s1"), v(2, "b", 0.85, "s1"), v(3, "c", 0.90, "s2")
+    assert registry_module._target([a], None) == {"champion": 1}
+    assert (
+        registry_module._target([a, b], None) == registry_module._target([a, b], 1) == {"champion": 2, "challenger": 1}
+    )
+    # a better score on another split does not take champion; it is the newest other version
+    assert registry_module._target([a, b, c], 2) == {"champion": 2, "challenger": 3}
+    assert registry_module._target([a, v(2, "b", 0.80, "s1")], None) == {"champion": 1, "challenger": 2}, "ties: older"
+    assert registry_module._target([v(1, "a", None, "s1")], None) == {}
+
+
+def test_aliases_a_stale_evaluation_moved_are_put_back(registry):
+    """Two evaluations at once: one decided from an older view and moved the aliases after the other settled them;
+    the next settling (the stale one's own check after its move) puts them where the versions say."""
+    client = mlflow.MlflowClient()
+    right = {
+        a: str(client.get_model_version_by_alias("medseg-hippocampus", a).version) for a in ("champion", "challenger")
+    }
+    client.set_registered_model_alias("medseg-hippocampus", "champion", right["challenger"])
+    client.delete_registered_model_alias("medseg-hippocampus", "challenger")
+    target, _ = registry_module._settle(client, "medseg-hippocampus")
+    now = {
+        a: str(client.get_model_version_by_alias("medseg-hippocampus", a).version) for a in ("champion", "challenger")
+    }
+    assert now == right == {a: str(n) for a, n in target.items()}

@@ -15,7 +15,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from pipeline.errors import ModelError
 from pipeline.tracking.offline import RunLog
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SCORE = "eval_dice_mean"  # the evaluation's mean Dice over classes and validation cases
+EVALUATED_SPLIT = "registry.split_sha256"  # the validation split the score was measured on
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 MODEL_NAME = "model"  # the MLflow model's name in its run (runs:/<id>/model)
 
@@ -68,47 +68,97 @@ def _log_model(run_id: str, network: torch.nn.Module, model_file: Path, patch_si
     return str(info.registered_model_version)
 
 
-def _champion(client: MlflowClient, name: str) -> tuple[object | None, float | None, str | None]:
-    """The version holding ``champion``, its score and its validation split's hash (None where there is none)."""
-    try:
-        holder = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None, None, None
-    data = client.get_run(holder.run_id).data
-    return holder, data.metrics.get(SCORE), data.tags.get(SPLIT_TAG)
+@dataclass(frozen=True)
+class _Version:
+    number: int
+    run_id: str
+    score: float | None
+    split: str | None
 
 
-def _decide(holder, champion_score: float | None, champion_split: str | None, score: float, split: str, version: str):
-    if holder is None:
-        return CHAMPION, "no champion yet"
-    if str(holder.version) == version:
-        return CHAMPION, "holds it already"
-    if champion_split != split:
-        return CHALLENGER, f"champion (version {holder.version}) was evaluated on another validation split"
-    if champion_score is None or score > champion_score:
-        return CHAMPION, f"{SCORE} {score:.4f} beats version {holder.version}'s {champion_score}"
-    return CHALLENGER, f"{SCORE} {score:.4f} does not beat version {holder.version}'s {champion_score:.4f}"
+def _versions(client: MlflowClient, name: str) -> list[_Version]:
+    found = []
+    for registered in client.search_model_versions(f"name='{name}'"):
+        data = client.get_run(registered.run_id).data
+        split = data.tags.get(EVALUATED_SPLIT, data.tags.get(SPLIT_TAG))  # versions registered before the tag existed
+        found.append(_Version(int(registered.version), registered.run_id, data.metrics.get(SCORE), split))
+    return sorted(found, key=lambda v: v.number)
+
+
+def _holders(client: MlflowClient, name: str) -> dict[str, int]:
+    aliases = client.get_registered_model(name).aliases
+    return {alias: int(number) for alias, number in aliases.items() if alias in (CHAMPION, CHALLENGER)}
+
+
+def _target(versions: list[_Version], champion: int | None) -> dict[str, int]:
+    """Where the aliases belong: ``champion`` on the best score on the champion's validation split (the oldest
+    scored version's while there is no champion), ties to the older version; ``challenger`` on the newest other
+    scored version. A function of the registered versions alone, so every evaluation computes the same answer."""
+    scored = [v for v in versions if v.score is not None]
+    if not scored:
+        return {}
+    by_number = {v.number: v for v in scored}
+    reference = by_number[champion].split if champion in by_number else scored[0].split
+    best = max((v for v in scored if v.split == reference), key=lambda v: (v.score, -v.number))
+    others = [v for v in scored if v.number != best.number]
+    return {CHAMPION: best.number, **({CHALLENGER: others[-1].number} if others else {})}
+
+
+def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[_Version]]:
+    """Move the aliases to their target until a fresh look finds them there. MLflow has no compare-and-set, but
+    since every evaluation aims at the same target and checks after its own last move, the last one to move an
+    alias corrects whatever an evaluation with an older view wrote before it."""
+    for _ in range(10):
+        versions, holders = _versions(client, name), _holders(client, name)
+        target = _target(versions, holders.get(CHAMPION))
+        if all(holders.get(alias) == number for alias, number in target.items()):
+            return target, versions
+        for alias, number in target.items():
+            client.set_registered_model_alias(name, alias, str(number))
+        time.sleep(random.uniform(0.1, 0.3))
+    log.warning("%s: the aliases kept moving under concurrent evaluations; look at them in the registry", name)
+    return target, versions
+
+
+def _reason(number: int, target: dict[str, int], versions: list[_Version]) -> tuple[str, str, float | None]:
+    """This version's alias, why, and the score it was measured against."""
+    by_number = {v.number: v for v in versions}
+    own, champion = by_number[number], by_number[target[CHAMPION]]
+    if champion.number == number:
+        rivals = [v for v in versions if v.number != number and v.split == own.split and v.score is not None]
+        if not rivals:
+            return CHAMPION, "no champion yet", None
+        runner_up = max(rivals, key=lambda v: (v.score, -v.number))
+        return (
+            CHAMPION,
+            f"{SCORE} {own.score:.4f} beats version {runner_up.number}'s {runner_up.score:.4f}",
+            runner_up.score,
+        )
+    alias = CHALLENGER if target.get(CHALLENGER) == number else "none (a newer version is challenger)"
+    if champion.split != own.split:
+        return alias, f"champion (version {champion.number}) was evaluated on another validation split", champion.score
+    return (
+        alias,
+        f"{SCORE} {own.score:.4f} does not beat version {champion.number}'s {champion.score:.4f}",
+        champion.score,
+    )
 
 
 def register(
     run: RunLog, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str, score: float, split: str
 ) -> Decision | None:
-    """Register the run's model under ``name``; it takes ``champion`` if it beats the holder on the same validation
-    split (``split``: its hash), else ``challenger``. The decision and both scores go to the run."""
+    """Register the run's model under ``name`` and settle the aliases: ``champion`` for the best score on the
+    champion's validation split (``split``: its hash), ``challenger`` for the newest other one. The run carries its
+    ``eval_dice_mean`` and split before the version exists, so that every evaluation looking at the registry sees
+    them; this version's alias, the reason and both scores go to it after."""
     if not run.online:
         log.warning("%s not registered: the tracking server did not answer during this run", name)
         run.set_tags({"registry.decision": "not registered: tracking server unreachable"})
         return None
-    client = run.client
+    run.set_tags({EVALUATED_SPLIT: split})
     model_version = _log_model(run.run_id, network, model_file, patch_size, name)
-    for _ in range(3):  # MLflow has no compare-and-set: look again in case a concurrent run moved the alias
-        holder, champion_score, champion_split = _champion(client, name)
-        alias, reason = _decide(holder, champion_score, champion_split, score, split, model_version)
-        client.set_registered_model_alias(name, alias, model_version)
-        time.sleep(random.uniform(0.2, 0.6))
-        now = _champion(client, name)[0]
-        if alias == CHALLENGER or (now is not None and str(now.version) == model_version):
-            break
+    target, versions = _settle(run.client, name)
+    alias, reason, champion_score = _reason(int(model_version), target, versions)
     decision = Decision(name, model_version, alias, reason, score, champion_score)
     run.set_tags({f"registry.{k}": v for k, v in asdict(decision).items() if k not in ("score", "champion_score")})
     run.log_metrics(
