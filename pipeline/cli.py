@@ -332,9 +332,10 @@ def runs_sync(
     pending: Annotated[Path, typer.Argument(help="The folder of pending runs.")] = Path("models/mlflow_pending"),
 ) -> None:
     """Upload the metrics and files kept on disk while the tracking server did not answer."""
+    from pipeline.evaluate import DEFERRED
     from pipeline.tracking.offline import sync
 
-    done = sync(pending)
+    done = sync(pending, DEFERRED)
     for key, run_id, count in done:
         typer.echo(f"{key}: {count} pending operations sent to run {run_id}")
     if not done:

@@ -19,7 +19,7 @@ from pipeline.inference import predict
 from pipeline.model import load_model
 from pipeline.tracking.offline import PENDING_DIR, RunLog
 from pipeline.tracking.provenance import validation_split_hash
-from pipeline.tracking.registry import register, registered_name
+from pipeline.tracking.registry import REGISTER_OP, register, registered_name
 from pipeline.volumes import read_image, to_metatensor
 
 
@@ -97,3 +97,15 @@ def evaluate(
         split = validation_split_hash(split_json)
         register(run, network, Path(model_path), description["patch_size"], name, summary["dice_mean"], split)
     return summary
+
+
+def register_deferred(run_id: str, op: dict, files: Path) -> None:
+    """Carry out, during ``medseg runs sync``, the registration an evaluation kept while the server was away. Should
+    the server go away again meanwhile, ``register`` keeps it once more, in the run's own pending file."""
+    model_file = Path(files) / op["files"][0]
+    network, _ = load_model(model_file)
+    run = RunLog(Path(files), op["experiment"], run_id)
+    register(run, network, model_file, op["patch_size"], op["name"], op["score"], op["split"])  # offline: kept again
+
+
+DEFERRED = {REGISTER_OP: register_deferred}  # what `medseg runs sync` hands to sync()

@@ -14,8 +14,11 @@ import urllib.request
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
 import pipeline.train as training
+from pipeline.evaluate import DEFERRED, evaluate
+from pipeline.model import load_model
 from pipeline.preprocess import preprocess
 from pipeline.split import split
 from pipeline.tracking.offline import sync
@@ -132,3 +135,30 @@ def test_a_run_that_never_reached_the_server_is_created_by_sync(prepared, tiny_p
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
     assert client.get_experiment(run.info.experiment_id).name == "medseg"
     assert run.inputs.dataset_inputs[0].dataset.name == "Hippocampus"
+
+
+def test_a_model_evaluated_while_the_server_was_away_is_registered_by_sync(prepared, tiny_params, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    models = prepared / "models"
+    training.train(prepared / "prep", prepared / "split.json", models, tiny_params)
+    summary = evaluate(
+        models / "model.pt",
+        prepared / "prep",
+        prepared / "split.json",
+        prepared / "reports",
+        models / "mlflow_run.json",
+    )
+    [pending] = (models / "mlflow_pending").glob("*.jsonl")
+    assert [json.loads(line)["op"] for line in pending.read_text().splitlines()][-1] == "register"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{prepared / 'mlflow.db'}")
+    [(_, run_id, _)] = sync(models / "mlflow_pending", DEFERRED)
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("medseg-hippocampus", "champion")
+    assert champion.run_id == run_id
+    tags = client.get_run(run_id).data.tags
+    assert tags["registry.alias"] == "champion" and tags["registry.decision"].startswith("deferred")
+    assert client.get_run(run_id).data.metrics["registry.score"] == pytest.approx(summary["dice_mean"])
+    network, _ = load_model("models:/medseg-hippocampus@champion")
+    expected = load_model(models / "model.pt")[0].state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in network.state_dict().items())

@@ -180,6 +180,11 @@ class RunLog:
             return
         self._append({"op": "artifact", "file": self._keep_file(Path(path)), "artifact_path": artifact_path})
 
+    def defer(self, op: dict[str, Any], *files: Path) -> None:
+        """An operation only ``medseg runs sync`` can carry out (with a handler passed to ``sync``), with copies of
+        the files it needs, listed in order as ``op["files"]``."""
+        self._append({**op, "files": [self._keep_file(Path(f)) for f in files]})
+
     def log_dataset(self, table: pd.DataFrame, source: Path, name: str, context: str = "training") -> None:
         """The case table as the run's input, with MLflow's content digest."""
         op = {"op": "dataset", "source": str(source), "name": name, "context": context}
@@ -222,9 +227,14 @@ class RunLog:
         self._log({"op": "end", "status": status, "end_time": _now_ms()})
 
 
-def sync(pending_dir: Path) -> list[tuple[str, str, int]]:
+Deferred = Callable[[str, dict[str, Any], Path], None]  # (MLflow run id, the operation, the folder of its files)
+
+
+def sync(pending_dir: Path, deferred: dict[str, Deferred] | None = None) -> list[tuple[str, str, int]]:
     """Upload every pending run in ``pending_dir``; returns (pending id, MLflow run id, operations sent) each.
-    Progress is kept per line, so a sync that fails part-way resumes where it stopped."""
+    ``deferred`` carries out the operations that ``RunLog.defer`` kept, by kind. Progress is kept per line, so a
+    sync that fails part-way resumes where it stopped."""
+    deferred = deferred or {}
     pending_dir = Path(pending_dir)
     client = MlflowClient(configure())
     synced, done = _synced(pending_dir), []
@@ -241,6 +251,8 @@ def sync(pending_dir: Path) -> list[tuple[str, str, int]]:
                     run = client.create_run(experiment, start_time=op["start_time"], run_name=op.get("run_name"))
                     run_id = synced[key] = run.info.run_id
                     write_json(pending_dir / SYNCED_FILE, synced)
+            elif op["op"] in deferred:
+                deferred[op["op"]](run_id, op, pending_dir)
             else:
                 _send(client, run_id, op, pending_dir)
             progress_file.write_text(str(index + 1))

@@ -28,6 +28,7 @@ SCORE = "eval_dice_mean"  # the evaluation's mean Dice over classes and validati
 EVALUATED_SPLIT = "registry.split_sha256"  # the validation split the score was measured on
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 MODEL_NAME = "model"  # the MLflow model's name in its run (runs:/<id>/model)
+REGISTER_OP = "register"  # a registration kept for `medseg runs sync` while the server was away
 
 
 def registered_name(configured: str | None, dataset: str) -> str:
@@ -152,8 +153,10 @@ def register(
     ``eval_dice_mean`` and split before the version exists, so that every evaluation looking at the registry sees
     them; this version's alias, the reason and both scores go to it after."""
     if not run.online:
-        log.warning("%s not registered: the tracking server did not answer during this run", name)
-        run.set_tags({"registry.decision": "not registered: tracking server unreachable"})
+        log.warning("%s not registered yet: the tracking server did not answer; `medseg runs sync` will", name)
+        run.set_tags({"registry.decision": "deferred: the tracking server did not answer; registered by sync"})
+        later = {"name": name, "score": score, "split": split, "patch_size": patch_size, "experiment": run.experiment}
+        run.defer({"op": REGISTER_OP, **later}, model_file)
         return None
     run.set_tags({EVALUATED_SPLIT: split})
     model_version = _log_model(run.run_id, network, model_file, patch_size, name)
