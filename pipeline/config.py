@@ -97,6 +97,11 @@ class LossConfig(_Section):
         ge=0,
         description="If set, the CE (or focal) weight moves linearly from ce_weight to this by the last epoch.",
     )
+    batch_dice: bool = Field(
+        False,
+        description="Dice (and Tversky) over the whole batch, not per patch, as nnU-Net's 3D default: a patch "
+        "without some class then does not score 0 or 1 on it.",
+    )
     focal_gamma: float = Field(2.0, ge=0)
     tversky_alpha: float = Field(0.3, ge=0, le=1, description="Weight of false positives.")
     tversky_beta: float = Field(0.7, ge=0, le=1, description="Weight of false negatives.")

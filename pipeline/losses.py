@@ -46,7 +46,7 @@ def build_loss(name: str, config: LossConfig, deep_supervision: bool = False) ->
 
 
 def _loss(name: str, config: LossConfig) -> torch.nn.Module:
-    common = {"to_onehot_y": True, "softmax": True}
+    common = {"to_onehot_y": True, "softmax": True, "batch": config.batch_dice}
     weights = torch.tensor(config.class_weights, dtype=torch.float32) if config.class_weights else None
     if name == "dice_ce":
         return losses.DiceCELoss(**common, lambda_dice=config.dice_weight, lambda_ce=config.ce_weight, weight=weights)

@@ -71,3 +71,16 @@ def test_the_ce_weight_follows_its_schedule_inside_deep_supervision():
     assert focal.lambda_focal == 0.5
     with pytest.raises(ValueError, match="ce_weight_end is for dice_ce and dice_focal"):
         set_ce_weight(build_loss("tversky", options), 0.5)
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "tversky", "jaccard"])
+def test_batch_dice_scores_the_batch_as_one_volume(name):
+    """A patch without class 2 scores it alone per patch; over the batch it counts only the voxels it has."""
+    labels = _batch()
+    labels[0][labels[0] == 2] = 0
+    logits = torch.randn(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    options = LossConfig(batch_dice=True, ce_weight=0.0)
+    batched = build_loss(name, options)(logits, labels)
+    as_one = build_loss(name, options)(torch.cat(list(logits), dim=1)[None], torch.cat(list(labels), dim=1)[None])
+    assert batched == pytest.approx(as_one.item(), rel=1e-5)
+    assert build_loss(name, LossConfig(ce_weight=0.0))(logits, labels) != pytest.approx(batched.item(), rel=1e-3)
