@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Params, flatten
+from pipeline.errors import DatasetError
 from pipeline.evaluate import evaluate, mlflow_metrics
 from pipeline.files import write_csv, write_json
 from pipeline.split import split
@@ -65,6 +66,8 @@ def cross_validate(prep_dir: Path, out_dir: Path, params: Params) -> dict[str, f
     """Train and evaluate folds 0..n_folds-1 into ``out_dir/fold_<k>``; a run killed at any point resumes from
     where it stopped when called again. Writes ``folds.csv`` (one row per fold) and ``crossval.json``."""
     prep_dir, out_dir = Path(prep_dir), Path(out_dir)
+    if not (prep_dir / "manifest.csv").is_file():
+        raise DatasetError(f"{prep_dir}: no manifest.csv here; preprocess first (dvc repro, or medseg preprocess)")
     parent_file = out_dir / PARENT_RUN_FILE
     parent_id = json.loads(parent_file.read_text())["run_id"] if parent_file.is_file() else None
     rows = []

@@ -2,12 +2,15 @@
 folds, no registry noise, and a second call that resumes instead of training again."""
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.config import params_yaml
 from pipeline.crossval import aggregate, cross_validate
 from pipeline.preprocess import preprocess
 
@@ -71,3 +74,14 @@ def test_a_second_call_resumes_the_same_parent_and_trains_nothing_again(crossval
     assert again == pytest.approx(summary)
     assert (root / "cv" / "fold_1" / "models" / "model.pt").read_bytes() == model_bytes
     assert len(client.search_runs(experiments)) == runs_before, "no new run"
+
+
+def test_a_folder_that_was_not_preprocessed_is_an_error_naming_it(tiny_params, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(params_yaml(tiny_params))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "crossval", "nowhere", "cv"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "error: nowhere: no manifest.csv here; preprocess first" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "cv").exists()
