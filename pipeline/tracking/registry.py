@@ -91,6 +91,11 @@ def _holders(client: MlflowClient, name: str) -> dict[str, int]:
     return {alias: int(number) for alias, number in aliases.items() if alias in (CHAMPION, CHALLENGER)}
 
 
+def _best(versions: list[_Version]) -> _Version:
+    """The highest score; of equal scores, the older version."""
+    return max(versions, key=lambda v: (v.score, -v.number))
+
+
 def _target(versions: list[_Version], champion: int | None) -> dict[str, int]:
     """Where the aliases belong: ``champion`` on the best score on the champion's validation split (the oldest
     scored version's while there is no champion), ties to the older version; ``challenger`` on the newest other
@@ -100,7 +105,7 @@ def _target(versions: list[_Version], champion: int | None) -> dict[str, int]:
         return {}
     by_number = {v.number: v for v in scored}
     reference = by_number[champion].split if champion in by_number else scored[0].split
-    best = max((v for v in scored if v.split == reference), key=lambda v: (v.score, -v.number))
+    best = _best([v for v in scored if v.split == reference])
     others = [v for v in scored if v.number != best.number]
     return {CHAMPION: best.number, **({CHALLENGER: others[-1].number} if others else {})}
 
@@ -129,7 +134,7 @@ def _reason(number: int, target: dict[str, int], versions: list[_Version]) -> tu
         rivals = [v for v in versions if v.number != number and v.split == own.split and v.score is not None]
         if not rivals:
             return CHAMPION, "no champion yet", None
-        runner_up = max(rivals, key=lambda v: (v.score, -v.number))
+        runner_up = _best(rivals)
         return (
             CHAMPION,
             f"{SCORE} {own.score:.4f} beats version {runner_up.number}'s {runner_up.score:.4f}",
