@@ -12,15 +12,15 @@ import pandas as pd
 from pipeline.config import Params, flatten
 from pipeline.errors import DatasetError
 from pipeline.evaluate import evaluate, mlflow_metrics
+from pipeline.evaluation.scoring import METRICS_FILE
 from pipeline.files import write_csv, write_json
 from pipeline.split import split
 from pipeline.tracking.offline import PENDING_DIR, RunLog, logged_run
 from pipeline.tracking.provenance import provenance_tags
-from pipeline.train import RUN_FILE, train
+from pipeline.train import MODEL_FILE, RUN_FILE, train
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_FILE = "mlflow_run.json"
 FOLDS_FILE = "folds.csv"
 SUMMARY_FILE = "crossval.json"
 PARENT_TAG = "mlflow.parentRunId"  # how the MLflow UI nests runs
@@ -29,18 +29,18 @@ PARENT_TAG = "mlflow.parentRunId"  # how the MLflow UI nests runs
 def _fold(prep_dir: Path, fold_dir: Path, params: Params, parent: RunLog) -> dict[str, float]:
     """Split, train and evaluate one fold (each step resumes or is skipped when already done); its metrics."""
     split_json, models, reports = fold_dir / "split.json", fold_dir / "models", fold_dir / "reports"
-    metrics_file = reports / "metrics.json"
+    metrics_file = reports / METRICS_FILE
     if metrics_file.is_file():
         log.info("%s is done: %s", fold_dir.name, metrics_file)
         return mlflow_metrics(json.loads(metrics_file.read_text()))
     split(prep_dir / "manifest.csv", split_json, params.split, params.seed)
-    if not (models / "model.pt").is_file():
+    if not (models / MODEL_FILE).is_file():
         train(prep_dir, split_json, models, params)
     run_file = models / RUN_FILE
     fold_run = RunLog(models / PENDING_DIR, params.mlflow.experiment, json.loads(run_file.read_text())["run_id"])
     fold_run.set_tags({PARENT_TAG: parent.run_id, "mlflow.runName": fold_dir.name.replace("_", " ")})
     summary = evaluate(
-        models / "model.pt",
+        models / MODEL_FILE,
         prep_dir,
         split_json,
         reports,
@@ -68,7 +68,7 @@ def cross_validate(prep_dir: Path, out_dir: Path, params: Params) -> dict[str, f
     prep_dir, out_dir = Path(prep_dir), Path(out_dir)
     if not (prep_dir / "manifest.csv").is_file():
         raise DatasetError(f"{prep_dir}: no manifest.csv here; preprocess first (dvc repro, or medseg preprocess)")
-    parent_file = out_dir / PARENT_RUN_FILE
+    parent_file = out_dir / RUN_FILE  # the parent run's id, as train keeps a run's
     parent_id = json.loads(parent_file.read_text())["run_id"] if parent_file.is_file() else None
     rows = []
     with logged_run(out_dir / PENDING_DIR, params.mlflow.experiment, parent_id) as parent:
