@@ -74,6 +74,33 @@ class PreprocessConfig(_Section):
 class SplitConfig(_Section):
     n_folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0, description="Which fold is held out for validation.")
+    group: str | None = Field(
+        None,
+        description="A regular expression searched (re.search) in each case id whose first capture group, else its "
+        "whole match, names the case's group (e.g. the patient); all cases of a group land in the same fold.",
+    )
+    group_table: str | None = Field(
+        None,
+        description="'PATH.csv:COLUMN': a table with a case_id column whose COLUMN names each case's group; all "
+        "cases of a group land in the same fold.",
+    )
+
+    @model_validator(mode="after")
+    def _one_grouping(self) -> SplitConfig:
+        import re
+
+        if self.group is not None and self.group_table is not None:
+            raise ValueError("set split.group or split.group_table, not both")
+        if self.group is not None:
+            try:
+                re.compile(self.group)
+            except re.error as err:
+                raise ValueError(f"split.group '{self.group}' is not a regular expression: {err}") from None
+        if self.group_table is not None:
+            path, sep, column = self.group_table.rpartition(":")
+            if not sep or not path or not column:
+                raise ValueError(f"split.group_table '{self.group_table}': expected PATH.csv:COLUMN")
+        return self
 
 
 class AugmentationConfig(_Section):

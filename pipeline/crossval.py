@@ -53,6 +53,12 @@ def _fold(prep_dir: Path, fold_dir: Path, params: Params, parent: RunLog) -> dic
     return mlflow_metrics(summary)
 
 
+def fold_params(params: Params, fold: int) -> Params:
+    """``params`` with fold ``fold`` held out; the rest of ``split`` (the grouping included) unchanged, so every fold
+    splits the same assignment of cases."""
+    return params.model_copy(update={"split": params.split.model_copy(update={"fold": fold})})
+
+
 def aggregate(per_fold: pd.DataFrame) -> dict[str, float]:
     """``<metric>_mean`` and ``<metric>_std`` (population, as nnU-Net's summary) over the folds."""
     numbers = per_fold.drop(columns="fold")
@@ -77,8 +83,7 @@ def cross_validate(prep_dir: Path, out_dir: Path, params: Params) -> dict[str, f
             parent.set_tags({**provenance_tags(), "mlflow.runName": f"cross-validation ({params.split.n_folds} folds)"})
             write_json(parent_file, {"run_id": parent.run_id, "experiment": params.mlflow.experiment})
         for fold in range(params.split.n_folds):
-            fold_params = params.model_copy(update={"split": params.split.model_copy(update={"fold": fold})})
-            metrics = _fold(prep_dir, out_dir / f"fold_{fold}", fold_params, parent)
+            metrics = _fold(prep_dir, out_dir / f"fold_{fold}", fold_params(params, fold), parent)
             parent.log_metrics({"fold_eval_dice_mean": metrics["eval_dice_mean"]}, step=fold)
             rows.append({"fold": fold, **metrics})
             log.info("fold %d of %d: eval_dice_mean %.4f", fold, params.split.n_folds, metrics["eval_dice_mean"])

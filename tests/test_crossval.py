@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import params_yaml
-from pipeline.crossval import aggregate, cross_validate
+from pipeline.config import Params, params_yaml
+from pipeline.crossval import aggregate, cross_validate, fold_params
 from pipeline.preprocess import preprocess
+from pipeline.split import split
 
 
 def test_aggregate_is_mean_and_population_std_over_folds():
@@ -21,6 +22,22 @@ def test_aggregate_is_mean_and_population_std_over_folds():
     assert summary["eval_dice_mean_mean"] == pytest.approx(0.85)
     assert summary["eval_dice_mean_std"] == pytest.approx(np.std([0.8, 0.9, 0.85]))
     assert "fold_mean" not in summary
+
+
+def test_every_fold_splits_with_the_grouping_so_no_patient_is_trained_and_validated_on(tmp_path):
+    """The split each fold's run makes (``_fold`` calls split with ``fold_params``), without the training."""
+    cases = [f"PAT-{p:03d}_R_{k}" for p in range(20) for k in range(1 + p % 3)]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"case_id": cases}).to_csv(manifest, index=False)
+    params = Params.model_validate({"split": {"n_folds": 4, "group": r"^(PAT-\d+)_"}})
+    validation = []
+    for fold in range(4):
+        result = split(manifest, tmp_path / f"split_{fold}.json", fold_params(params, fold).split, params.seed)
+        assert result["fold"] == fold and result["grouping"]["n_groups"] == 20
+        validated, trained = ({c.split("_")[0] for c in result[k]} for k in ("validation", "train"))
+        assert validated.isdisjoint(trained)
+        validation.append(result["validation"])
+    assert sorted(c for held_out in validation for c in held_out) == sorted(cases), "each case validated once"
 
 
 @pytest.fixture
