@@ -327,6 +327,20 @@ def runs_compare(
     print_frame(metrics, "metrics (latest values; deltas to the first run)", index=True)
 
 
+@runs_app.command("alias")
+def runs_alias(
+    model: Annotated[str, typer.Argument(help="The registered model (medseg-hippocampus).")],
+    alias: Annotated[str, typer.Argument(help="champion or challenger.")],
+    version: Annotated[int, typer.Argument(help="The version to move it to.")],
+    note: Annotated[str, typer.Option(help="Why, for whoever looks later.")] = "",
+) -> None:
+    """Move an alias by hand: recorded with who and when, and kept until a person moves it again or a later version
+    scores better on its comparison key."""
+    from pipeline.tracking.registry import move_alias
+
+    typer.echo(f"{model}@{alias} -> version {version}: {move_alias(model, alias, version, note)}")
+
+
 @runs_app.command("sync")
 def runs_sync(
     pending: Annotated[Path, typer.Argument(help="The folder of pending runs.")] = Path("models/mlflow_pending"),
@@ -353,13 +367,20 @@ def reproduce(
         float, typer.Option(help="Largest absolute difference of a metric that still matches.")
     ] = 1e-6,
     allow_dirty: Annotated[bool, typer.Option(help="Reproduce a run made with uncommitted changes anyway.")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow store for the reproduction's run (default: mlflow.db beside the worktree)."),
+    ] = None,
 ) -> None:
-    """Check out the run's commit in a fresh worktree, restore its data with DVC, dvc repro, compare the metrics."""
+    """Check out the run's commit in a fresh worktree, restore its data with DVC, dvc repro, compare the metrics.
+    The reproduction logs to a store of its own and registers no model."""
     from pipeline.tracking.listing import print_frame
     from pipeline.tracking.reproduce import reproduce as run
 
-    result = run(run_id, workdir, remote, tolerance, allow_dirty)
-    print_frame(result.comparison, f"run {result.run_id} reproduced in {result.worktree}")
+    result = run(run_id, workdir, remote, tolerance, allow_dirty, tracking_uri)
+    print_frame(
+        result.comparison, f"run {result.run_id} reproduced in {result.worktree} (logged to {result.tracking_uri})"
+    )
     verdict = "reproduced: every metric within" if result.matches else "NOT reproduced: metrics differ by more than"
     typer.echo(f"{verdict} {tolerance:g}")
     if not result.matches:

@@ -18,8 +18,8 @@ from pipeline.evaluation.scoring import OUTPUT_FILES, evaluate_cases
 from pipeline.inference import predict
 from pipeline.model import load_model
 from pipeline.tracking.offline import PENDING_DIR, RunLog
-from pipeline.tracking.provenance import validation_split_hash
-from pipeline.tracking.registry import REGISTER_OP, register, registered_name
+from pipeline.tracking.provenance import comparison_key
+from pipeline.tracking.registry import REGISTER_OP, register, registered_name, registering
 from pipeline.volumes import read_image, to_metatensor
 
 
@@ -51,7 +51,9 @@ def evaluate(
 ) -> dict:
     """``tta``: segment with mirroring test-time augmentation (params' ``inference.tta``). With ``run_file``, the
     scores go to the training's MLflow run and, unless ``register_model`` is false (cross-validation's folds), the
-    model to the registry (``tracking.registered_model``)."""
+    model to the registry (``tracking.registered_model``): one version per run and model file, this evaluation's
+    score recorded on it with its comparison key (split, data, plan, TTA, post-processing). Nothing is registered
+    where ``MEDSEG_NO_REGISTRY`` is set (``medseg reproduce``)."""
     config = config or EvaluateConfig()
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,12 +92,12 @@ def evaluate(
         run.log_metrics(mlflow_metrics(summary))
         for name in OUTPUT_FILES:
             run.log_artifact(out_dir / name, artifact_path="evaluation")
-        if not register_model:
+        if not (register_model and registering()):
             return summary
         dataset = json.loads((Path(prep_dir) / "dataset.json").read_text())["name"]
         name = registered_name((tracking or MlflowConfig()).registered_model, dataset)
-        split = validation_split_hash(split_json)
-        register(run, network, Path(model_path), description["patch_size"], name, summary["dice_mean"], split)
+        key = comparison_key(split_json, description, tta)
+        register(run, network, Path(model_path), description["patch_size"], name, summary["dice_mean"], key)
     return summary
 
 
@@ -105,7 +107,7 @@ def register_deferred(run_id: str, op: dict, files: Path) -> None:
     model_file = Path(files) / op["files"][0]
     network, _ = load_model(model_file)
     run = RunLog(Path(files), op["experiment"], run_id)
-    register(run, network, model_file, op["patch_size"], op["name"], op["score"], op["split"])  # offline: kept again
+    register(run, network, model_file, op["patch_size"], op["name"], op["score"], op["key"], op["evaluated_at"])
 
 
 DEFERRED = {REGISTER_OP: register_deferred}  # what `medseg runs sync` hands to sync()

@@ -1,4 +1,5 @@
-"""The evaluate stage registers each model; the better one on the same split holds `champion`; URIs load it."""
+"""The evaluate stage registers each run's model once and records every evaluation on it; the better one on the same
+comparison key holds `champion`; a person's move of an alias is kept; URIs load the model."""
 
 import json
 import shutil
@@ -18,6 +19,7 @@ from pipeline.evaluate import evaluate
 from pipeline.model import load_model, save_model
 from pipeline.preprocess import preprocess
 from pipeline.split import split
+from pipeline.tracking.listing import runs_table
 from pipeline.tracking.offline import RunLog
 from pipeline.tracking.provenance import provenance_tags
 from tests.conftest import HIPPOCAMPUS_FIXTURE, ROOT
@@ -41,10 +43,13 @@ def registry(tmp_path_factory, smoke):
         root / "r1",
         root / "trained" / "mlflow_run.json",
     )
-    # the second run: the same model file with its weights reset (no better than chance)
+    # the second run: the same model file with its weights reset and its output biased to Anterior everywhere (no
+    # better than chance, but not empty: an empty model is never registered)
     network, description = load_model(root / "trained" / "model.pt")
     for parameter in network.parameters():
         torch.nn.init.zeros_(parameter)
+    with torch.no_grad():
+        list(network.parameters())[-1].copy_(torch.tensor([0.0, 1.0, 0.0]))  # the last convolution's bias
     (root / "worse").mkdir()
     save_model(root / "worse" / "model.pt", network, description)
     run = RunLog(root / "worse" / "mlflow_pending", "medseg")
@@ -78,7 +83,8 @@ def test_the_first_model_is_champion_and_a_worse_one_challenger_with_both_scores
     assert logged.metrics["registry.score"] == pytest.approx(worse["dice_mean"])
     assert logged.metrics["registry.champion_score"] == pytest.approx(trained["dice_mean"])
     first = client.get_run(trained_run).data
-    assert first.tags["registry.alias"] == "champion" and first.tags["registry.reason"] == "no champion yet"
+    assert first.tags["registry.alias"] == "champion"
+    assert first.tags["registry.reason"].startswith("the only version scored on comparison key")
 
 
 def test_the_registered_model_is_an_mlflow_model_with_signature_carrying_model_pt(registry):
@@ -118,17 +124,21 @@ def test_segment_takes_a_registry_uri(registry, tmp_path):
     assert (tmp_path / "hippocampus_252.nii.gz").is_file()
 
 
-def test_the_alias_target_depends_on_the_versions_alone():
-    v = registry_module._Version
-    a, b, c = v(1, "a", 0.80, "s1"), v(2, "b", 0.85, "s1"), v(3, "c", 0.90, "s2")
-    assert registry_module._target([a], None) == {"champion": 1}
-    assert (
-        registry_module._target([a, b], None) == registry_module._target([a, b], 1) == {"champion": 2, "challenger": 1}
-    )
-    # a better score on another split does not take champion; it is the newest other version
-    assert registry_module._target([a, b, c], 2) == {"champion": 2, "challenger": 3}
-    assert registry_module._target([a, v(2, "b", 0.80, "s1")], None) == {"champion": 1, "challenger": 2}, "ties: older"
-    assert registry_module._target([v(1, "a", None, "s1")], None) == {}
+def test_the_alias_target_depends_on_the_versions_and_the_moves_alone():
+    v, target = registry_module._Version, registry_module._target
+    a, b, c = v(1, 0.80, "k1"), v(2, 0.85, "k1"), v(3, 0.90, "k2")
+    assert target([a], None) == {"champion": 1}
+    assert target([a, b], None) == target([a, b], 1) == {"champion": 2, "challenger": 1}
+    # a better score on another comparison key does not take champion; it is the newest other version
+    assert target([a, b, c], 2) == {"champion": 2, "challenger": 3}
+    assert target([a, v(2, 0.80, "k1")], None) == {"champion": 1, "challenger": 2}, "ties: older"
+    assert target([v(1, None, "k1")], None) == {}
+    # a person moved champion to version 1 when version 2 was the newest: kept, until a later version beats it
+    moved = {"champion": registry_module._Move(1, 2, "someone", "then")}
+    assert target([a, b], 1, moved) == {"champion": 1, "challenger": 2}
+    assert target([a, b, v(3, 0.79, "k1")], 1, moved)["champion"] == 1
+    assert target([a, b, v(3, 0.81, "k2")], 1, moved)["champion"] == 1, "another key does not take it"
+    assert target([a, b, v(3, 0.81, "k1")], 1, moved)["champion"] == 3
 
 
 def test_aliases_a_stale_evaluation_moved_are_put_back(registry):
@@ -140,8 +150,99 @@ def test_aliases_a_stale_evaluation_moved_are_put_back(registry):
     }
     client.set_registered_model_alias("medseg-hippocampus", "champion", right["challenger"])
     client.delete_registered_model_alias("medseg-hippocampus", "challenger")
-    target, _ = registry_module._settle(client, "medseg-hippocampus")
+    target, *_ = registry_module._settle(client, "medseg-hippocampus")
     now = {
         a: str(client.get_model_version_by_alias("medseg-hippocampus", a).version) for a in ("champion", "challenger")
     }
     assert now == right == {a: str(n) for a, n in target.items()}
+
+
+def _versions_of(client, run_id):
+    return client.search_model_versions(f"name='medseg-hippocampus' and run_id='{run_id}'")
+
+
+def _run_beside(root, folder, model_file):
+    """A new run of ``model_file`` (copied to ``folder``), as a training would leave it; its run file."""
+    (root / folder).mkdir()
+    shutil.copy(model_file, root / folder / "model.pt")
+    run = RunLog(root / folder / "mlflow_pending", "medseg")
+    run.set_tags(provenance_tags(root / "split.json"))
+    (root / folder / "mlflow_run.json").write_text(json.dumps({"run_id": run.run_id, "experiment": "medseg"}))
+    return root / folder / "mlflow_run.json"
+
+
+def _evaluate(root, folder, out, **options):
+    return evaluate(
+        root / folder / "model.pt",
+        root / "prep",
+        root / "split.json",
+        root / out,
+        root / folder / "mlflow_run.json",
+        **options,
+    )
+
+
+def test_evaluating_the_same_model_again_adds_evaluations_to_its_one_version(registry):
+    root, trained, *_ = registry
+    client = mlflow.MlflowClient()
+    before = client.get_registered_model("medseg-hippocampus").aliases
+    again = [_evaluate(root, "trained", f"again{n}") for n in (1, 2)]
+    trained_run = json.loads((root / "trained" / "mlflow_run.json").read_text())["run_id"]
+    [version] = _versions_of(client, trained_run)
+    evaluations = [json.loads(v) for k, v in version.tags.items() if k.startswith("evaluation.")]
+    assert len(evaluations) == 3 and {e["run"] for e in evaluations} == {trained_run}
+    assert [e["score"] for e in evaluations] == pytest.approx([trained["dice_mean"]] + [a["dice_mean"] for a in again])
+    assert version.tags["key.tta"] == "false" and len(version.tags["key.split"]) == 64
+    assert client.get_registered_model("medseg-hippocampus").aliases == before
+
+
+def test_a_score_with_tta_is_not_compared_with_one_without(registry):
+    """The trained model again, in a run of its own evaluated with TTA: whatever its score, it does not take
+    champion from the same model scored without TTA; it is challenger, and the tags say why."""
+    root, *_ = registry
+    _run_beside(root, "tta", root / "trained" / "model.pt")
+    _evaluate(root, "tta", "r_tta", tta=True)
+    client = mlflow.MlflowClient()
+    tta_run = json.loads((root / "tta" / "mlflow_run.json").read_text())["run_id"]
+    champion = client.get_model_version_by_alias("medseg-hippocampus", "champion")
+    challenger = client.get_model_version_by_alias("medseg-hippocampus", "challenger")
+    assert challenger.run_id == tta_run and champion.run_id != tta_run
+    assert champion.tags["key.tta"] == "false" and challenger.tags["key.tta"] == "true"
+    assert champion.tags["comparison_key"] != challenger.tags["comparison_key"]
+    why = client.get_registered_model("medseg-hippocampus").tags["alias.challenger.why"]
+    assert "not compared (differs in tta)" in why
+    assert "differs in tta" in client.get_run(tta_run).data.tags["registry.reason"]
+    listed = runs_table("medseg").set_index("id")
+    assert "challenger: " in listed.loc[tta_run[:8], "why"] and "differs in tta" in listed.loc[tta_run[:8], "why"]
+
+
+def test_a_hand_moved_alias_survives_a_worse_model_and_yields_to_a_better_comparable_one(registry):
+    root, trained, worse, worse_run = registry
+    client = mlflow.MlflowClient()
+    [worse_version] = _versions_of(client, worse_run)
+    moved = CliRunner().invoke(
+        app, ["runs", "alias", "medseg-hippocampus", "champion", str(worse_version.version), "--note", "a test"]
+    )
+    assert moved.exit_code == 0, moved.output
+    assert "moved here by" in moved.output
+
+    # a worse model (no better than the one moved to) comes: the person's choice stays
+    _run_beside(root, "worse_again", root / "worse" / "model.pt")
+    _evaluate(root, "worse_again", "r_worse_again")
+    champion = client.get_model_version_by_alias("medseg-hippocampus", "champion")
+    assert champion.version == worse_version.version
+    model = client.get_registered_model("medseg-hippocampus")
+    record = json.loads(model.tags["alias.champion.moved_by_hand"])
+    assert (
+        record["version"] == int(worse_version.version) and record["by"] and record["at"] and record["note"] == "a test"
+    )
+    assert model.tags["alias.champion.why"].startswith("moved here by")
+
+    # a better one on the same comparison key comes: it takes champion, and says whom it beat
+    better_file = _run_beside(root, "better", root / "trained" / "model.pt")
+    _evaluate(root, "better", "r_better")
+    better_run = json.loads(better_file.read_text())["run_id"]
+    champion = client.get_model_version_by_alias("medseg-hippocampus", "champion")
+    assert champion.run_id == better_run
+    why = client.get_registered_model("medseg-hippocampus").tags["alias.champion.why"]
+    assert f"beats version {worse_version.version}'s" in why

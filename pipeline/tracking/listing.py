@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.errors import MedsegError
+from pipeline.tracking.registry import WHY
 from pipeline.tracking.runs import configure
 
 # per-run noise, not choices: left out of the "params that differ" columns
@@ -28,18 +29,22 @@ def _duration(run: Run) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def _aliases(client: MlflowClient) -> dict[str, str]:
-    """Run id to ``name@alias`` (or ``name v3`` where the version has no alias) of its registered versions."""
-    aliases: dict[tuple[str, str], list[str]] = {}
+def _aliases(client: MlflowClient) -> dict[str, tuple[str, str]]:
+    """Run id to ``name@alias`` (or ``name v3`` where the version has no alias) of its registered versions, and why
+    each alias stands there (as the registry recorded it)."""
+    aliases: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for model in client.search_registered_models():
         for alias, version in model.aliases.items():
-            aliases.setdefault((model.name, str(version)), []).append(alias)
-    found: dict[str, list[str]] = {}
+            aliases.setdefault((model.name, str(version)), []).append((alias, model.tags.get(WHY.format(alias), "")))
+    labels: dict[str, list[str]] = {}
+    whys: dict[str, list[str]] = {}
     for version in client.search_model_versions():
-        named = aliases.get((version.name, str(version.version)), [])
-        labels = [f"{version.name}@{alias}" for alias in sorted(named)] or [f"{version.name} v{version.version}"]
-        found.setdefault(version.run_id, []).extend(labels)
-    return {run_id: ", ".join(labels) for run_id, labels in found.items()}
+        named = sorted(aliases.get((version.name, str(version.version)), []))
+        labels.setdefault(version.run_id, []).extend(
+            [f"{version.name}@{alias}" for alias, _ in named] or [f"{version.name} v{version.version}"]
+        )
+        whys.setdefault(version.run_id, []).extend(f"{alias}: {why}" for alias, why in named if why)
+    return {run_id: (", ".join(found), "; ".join(whys[run_id])) for run_id, found in labels.items()}
 
 
 def find_run(client: MlflowClient, run_id: str) -> Run:
@@ -58,7 +63,8 @@ def find_run(client: MlflowClient, run_id: str) -> Run:
 
 
 def runs_table(experiment: str | None = None) -> pd.DataFrame:
-    """One row per run, newest first: identity, lineage, the params that differ between the runs, Dice, alias."""
+    """One row per run, newest first: identity, lineage, the params that differ between the runs, Dice, alias and
+    why it stands there."""
     client = _client()
     if experiment:
         found = client.get_experiment_by_name(experiment)
@@ -90,7 +96,8 @@ def runs_table(experiment: str | None = None) -> pd.DataFrame:
                 "raw data": tags.get("dvc.raw_data_md5", "")[:8],
                 **{c: run_params.get(c) for c in differing},
                 **dice,
-                "alias": aliases.get(run.info.run_id, ""),
+                "alias": aliases.get(run.info.run_id, ("", ""))[0],
+                "why": aliases.get(run.info.run_id, ("", ""))[1],
             }
         )
     return pd.DataFrame(rows)

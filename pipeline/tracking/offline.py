@@ -4,11 +4,17 @@ Everything goes to MLflow while it answers. The first call that fails (server un
 mid-training) is reported once; from then on this process appends what it would have sent to
 ``<models>/mlflow_pending/<run>.jsonl`` (files copied beside it), and training goes on. ``medseg runs sync``
 replays those lines, in order, onto the same run (or creates it, for a run that never reached the server).
+
+A training may still be appending while sync runs: a line is appended, and a pending file handed over to sync (renamed
+``<run>.<time>.taken``), only under one lock, so the writer's next line starts a new file and nothing falls between
+the two. One sync runs at a time per folder, and each handed-over file records how far it was sent, so a sync that
+stops part-way, or runs twice, sends every line once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import shutil
@@ -22,23 +28,42 @@ from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 
 from pipeline.files import write_json
-from pipeline.tracking.runs import ERROR_TAG, configure, describe_error, final_status, sigterm_as_interrupt
+from pipeline.tracking.runs import (
+    ERROR_TAG,
+    LAST_EPOCH_TAG,
+    configure,
+    describe_error,
+    final_status,
+    sigterm_as_interrupt,
+)
 
 log = logging.getLogger(__name__)
 
 PENDING_DIR = "mlflow_pending"
 LOCAL_PREFIX = "pending-"  # a run id made up here, for a run the server never saw
 SYNCED_FILE = "synced.json"  # local run ids and the MLflow run ids that sync gave them
+APPEND_LOCK = ".append.lock"  # held to append a line or keep a file, and to hand pending files over to sync
+SYNC_LOCK = ".sync.lock"  # held by the one sync of a folder
+TAKEN = ".taken"  # a pending file handed over to sync: the writer's next line starts a new one
 BATCH = 100  # MLflow's limit of params per log_batch
 SYSTEM_METRICS_INTERVAL_S = 10.0  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed), between processes and between threads alike."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _synced(pending_dir: Path) -> dict[str, str]:
@@ -86,7 +111,7 @@ def _send(client: MlflowClient, run_id: str, op: dict[str, Any], files: Path) ->
         with warnings.catch_warnings():  # MLflow's hints about schema inference do not apply to a case table
             warnings.simplefilter("ignore")
             dataset = mlflow.data.from_pandas(frame, source=op["source"], name=op["name"])
-            client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
+            client.log_inputs(run_id, [DatasetInput(Dataset(**dataset.to_dict()), [context])])
     elif kind == "end":
         client.set_terminated(run_id, op["status"], op["end_time"])
     else:
@@ -103,6 +128,7 @@ class RunLog:
         self.client = MlflowClient(self.uri)
         self.online = True
         self._monitor = None
+        self._last_step = 0  # the last epoch logged, recorded on a run that dies
         if run_id:
             run_id = _synced(self.pending_dir).get(run_id, run_id)
             if run_id.startswith(LOCAL_PREFIX):  # the server never saw it: keep its lines together
@@ -132,8 +158,7 @@ class RunLog:
         )
 
     def _append(self, op: dict[str, Any]) -> None:
-        self.pending_dir.mkdir(parents=True, exist_ok=True)
-        with self.pending_file.open("a") as handle:
+        with _locked(self.pending_dir / APPEND_LOCK), self.pending_file.open("a") as handle:
             handle.write(json.dumps(op) + "\n")
 
     def _sent(self, send: Callable[[], None], what: str) -> bool:
@@ -159,12 +184,17 @@ class RunLog:
         if not self._sent(lambda: _send(self.client, self.run_id, op, self.pending_dir), op["op"]):
             self._append(op)
 
+    def _keep(self, name: str, write: Callable[[Path], Any]) -> str:
+        """A file that ``write`` makes in the pending folder, under the lock that sync's clean-up takes."""
+        relative = Path(self.run_id) / uuid.uuid4().hex[:8] / name
+        with _locked(self.pending_dir / APPEND_LOCK):
+            (self.pending_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            write(self.pending_dir / relative)
+        return str(relative)
+
     def _keep_file(self, path: Path) -> str:
         """A copy of ``path`` in the pending folder (the original may be rewritten before sync)."""
-        relative = Path(self.run_id) / uuid.uuid4().hex[:8] / Path(path).name
-        (self.pending_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, self.pending_dir / relative)
-        return str(relative)
+        return self._keep(Path(path).name, lambda target: shutil.copy2(path, target))
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._log({"op": "params", "params": {k: str(v) for k, v in params.items()}})
@@ -173,6 +203,7 @@ class RunLog:
         self._log({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self._last_step = max(self._last_step, step)
         self._log({"op": "metrics", "metrics": metrics, "step": step, "timestamp": _now_ms()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -195,10 +226,8 @@ class RunLog:
                     lambda: _send(self.client, self.run_id, {**op, "file": f"{name}.csv"}, Path(scratch)), name
                 ):
                     return
-        relative = Path(self.run_id) / uuid.uuid4().hex[:8] / f"{name}.csv"
-        (self.pending_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(self.pending_dir / relative, index=False)
-        self._append({**op, "file": str(relative)})
+        relative = self._keep(f"{name}.csv", lambda target: table.to_csv(target, index=False))
+        self._append({**op, "file": relative})
 
     def start_system_metrics(self, resumed: bool = False, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> None:
         """MLflow's sampler of CPU, memory, disk, network (and GPU) into ``system/*`` metrics, while online."""
@@ -211,19 +240,23 @@ class RunLog:
         )
         self._monitor.start()
 
-    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
-        if self._monitor is not None:
-            if self.online:
-                self._monitor.finish()  # its last samples are flushed
-                if self._monitor._logging_step == 0:  # a run shorter than one interval still gets one sample
+    def _stop_system_metrics(self) -> None:
+        """Flush the sampler's last samples; a run shorter than one interval still gets one sample. Offline, the
+        sampler's own thread stops at its next look at the run, which fails."""
+        if self._monitor is not None and self.online:
+            self._monitor.finish()
+            logged: dict[str, float] = {}
+            if self._sent(lambda: logged.update(self.client.get_run(self.run_id).data.metrics), "a look at the run"):
+                if not any(name.startswith("system/") for name in logged):
                     self._monitor.collect_metrics()
-                    self._monitor.publish_metrics(self._monitor.aggregate_metrics())
-                    self._monitor.mlflow_logger.flush()
-            else:
-                self._monitor._shutdown_event.set()  # its own thread gives up on a server that is gone
-            self._monitor = None
+                    self.log_metrics({f"system/{k}": v for k, v in self._monitor.aggregate_metrics().items()})
+        self._monitor = None
+
+    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """Close the run; one that died records its error and the last epoch it logged (kept for sync offline)."""
+        self._stop_system_metrics()
         if error is not None:
-            self.set_tags({ERROR_TAG: describe_error(error)})
+            self.set_tags({ERROR_TAG: describe_error(error), LAST_EPOCH_TAG: self._last_step})
         self._log({"op": "end", "status": status, "end_time": _now_ms()})
 
 
@@ -232,35 +265,71 @@ Deferred = Callable[[str, dict[str, Any], Path], None]  # (MLflow run id, the op
 
 def sync(pending_dir: Path, deferred: dict[str, Deferred] | None = None) -> list[tuple[str, str, int]]:
     """Upload every pending run in ``pending_dir``; returns (pending id, MLflow run id, operations sent) each.
-    ``deferred`` carries out the operations that ``RunLog.defer`` kept, by kind. Progress is kept per line, so a
-    sync that fails part-way resumes where it stopped."""
-    deferred = deferred or {}
+    ``deferred`` carries out the operations that ``RunLog.defer`` kept, by kind. Safe beside a training that still
+    appends, and beside another sync: what either finds is sent once."""
     pending_dir = Path(pending_dir)
+    if not pending_dir.is_dir():
+        return []
     client = MlflowClient(configure())
-    synced, done = _synced(pending_dir), []
-    for file in sorted(pending_dir.glob("*.jsonl")):
-        key, progress_file = file.stem, file.with_suffix(".sent")
-        ops = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        sent = int(progress_file.read_text()) if progress_file.is_file() else 0
-        run_id = synced.get(key) or (None if key.startswith(LOCAL_PREFIX) else key)
-        for index in range(sent, len(ops)):
-            op = ops[index]
-            if op["op"] == "create":
-                if run_id is None:
-                    experiment = experiment_id(client, op["experiment"])
-                    run = client.create_run(experiment, start_time=op["start_time"], run_name=op.get("run_name"))
-                    run_id = synced[key] = run.info.run_id
-                    write_json(pending_dir / SYNCED_FILE, synced)
-            elif op["op"] in deferred:
-                deferred[op["op"]](run_id, op, pending_dir)
-            else:
-                _send(client, run_id, op, pending_dir)
-            progress_file.write_text(str(index + 1))
-        done.append((key, run_id, len(ops) - sent))
-        file.unlink()
-        progress_file.unlink(missing_ok=True)
-        shutil.rmtree(pending_dir / key, ignore_errors=True)
-    return done
+    sent: dict[str, tuple[str, int]] = {}
+    with _locked(pending_dir / SYNC_LOCK):
+        for file in _take(pending_dir):
+            key = file.name.split(".")[0]
+            run_id, count = _replay(client, pending_dir, file, deferred or {})
+            sent[key] = (run_id, sent.get(key, ("", 0))[1] + count)
+    return [(key, run_id, count) for key, (run_id, count) in sent.items()]
+
+
+def _take(pending_dir: Path) -> list[Path]:
+    """Hand the pending files over to this sync, under the writers' lock: a writer's next line starts a new file.
+    Files handed over to a sync that stopped part-way come first (names sort by run, then by hand-over time)."""
+    with _locked(pending_dir / APPEND_LOCK):
+        for file in pending_dir.glob("*.jsonl"):
+            file.rename(pending_dir / f"{file.stem}.{time.time_ns():020d}{TAKEN}")
+    return sorted(pending_dir.glob(f"*{TAKEN}"))
+
+
+def _replay(client: MlflowClient, pending_dir: Path, file: Path, deferred: dict[str, Deferred]) -> tuple[str, int]:
+    """Send one handed-over file's operations from where an earlier sync stopped; returns the run id and how many
+    were sent. Progress is kept per line, so a failure part-way resends nothing the next time."""
+    key, progress_file = file.name.split(".")[0], file.with_suffix(".sent")
+    ops = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    sent = int(progress_file.read_text()) if progress_file.is_file() else 0
+    run_id = _synced(pending_dir).get(key) or (None if key.startswith(LOCAL_PREFIX) else key)
+    for index in range(sent, len(ops)):
+        op = ops[index]
+        if op["op"] == "create":
+            run_id = run_id or _create(client, pending_dir, key, op)
+        elif op["op"] in deferred:
+            deferred[op["op"]](run_id, op, pending_dir)
+        else:
+            _send(client, run_id, op, pending_dir)
+        progress_file.write_text(str(index + 1))
+    _forget_files(pending_dir, ops)
+    file.unlink()
+    progress_file.unlink(missing_ok=True)
+    return run_id, len(ops) - sent
+
+
+def _create(client: MlflowClient, pending_dir: Path, key: str, op: dict[str, Any]) -> str:
+    """The MLflow run of a run the server never saw, recorded so that its later lines (and resumption) find it."""
+    experiment = experiment_id(client, op["experiment"])
+    run_id = client.create_run(experiment, start_time=op["start_time"], run_name=op.get("run_name")).info.run_id
+    write_json(pending_dir / SYNCED_FILE, {**_synced(pending_dir), key: run_id})
+    return run_id
+
+
+def _forget_files(pending_dir: Path, ops: list[dict[str, Any]]) -> None:
+    """Delete the copies that these operations used (a writer may be keeping others for its later lines)."""
+    kept = [
+        name for op in ops for name in [op.get("file"), *op.get("files", [])] if name and not Path(name).is_absolute()
+    ]
+    with _locked(pending_dir / APPEND_LOCK):
+        for name in kept:
+            (pending_dir / name).unlink(missing_ok=True)
+            for folder in ((pending_dir / name).parent, (pending_dir / name).parent.parent):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only once empty
 
 
 @contextlib.contextmanager

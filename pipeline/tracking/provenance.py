@@ -49,6 +49,28 @@ def validation_split_hash(split_json: Path) -> str:
     return hashlib.sha256(json.dumps(cases).encode()).hexdigest()
 
 
+def _digest(content) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def comparison_key(split_json: Path, description: dict, tta: bool) -> dict[str, str]:
+    """What an evaluation's score depends on besides the weights: the validation cases, the raw data (DVC's hash in
+    ``dvc.lock``), the preprocessing plan and post-processing the model carries, and test-time augmentation. Two
+    scores are comparable only where all of these agree."""
+    return {
+        "split": validation_split_hash(split_json),
+        "data": dvc_output_hash() or "unknown",
+        "plan": _digest(description["preprocess"]),
+        "tta": str(bool(tta)).lower(),
+        "postprocess": _digest(description.get("postprocess") or {}),
+    }
+
+
+def key_digest(key: dict[str, str]) -> str:
+    """One short name for a comparison key, to tell at a glance whether two scores compare."""
+    return _digest(key)[:12]
+
+
 def provenance_tags(split_json: Path | None = None) -> dict[str, str]:
     commit, dirty = git_commit()
     tags = {"git.dirty": str(dirty).lower()}

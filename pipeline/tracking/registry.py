@@ -1,13 +1,18 @@
-"""The model registry: each evaluated model registered per dataset, the best on the same validation split holding
-alias ``champion`` and the latest one that did not beat it ``challenger``; ``models:/`` and ``runs:/`` URIs resolved
-back to a self-describing model file."""
+"""The model registry: one version per run and model file, each evaluation of it recorded on it; aliases that
+compare scores only within one comparison key; a person's move of an alias kept; ``models:/`` and ``runs:/`` URIs
+resolved back to a self-describing model file."""
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
 import logging
+import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -16,24 +21,36 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
-from pipeline.errors import ModelError
+from pipeline.errors import MedsegError, ModelError
 from pipeline.tracking.offline import RunLog
-from pipeline.tracking.provenance import SPLIT_TAG
+from pipeline.tracking.provenance import key_digest
 from pipeline.tracking.runs import configure, describe_error
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SCORE = "eval_dice_mean"  # the evaluation's mean Dice over classes and validation cases
-EVALUATED_SPLIT = "registry.split_sha256"  # the validation split the score was measured on
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 MODEL_NAME = "model"  # the MLflow model's name in its run (runs:/<id>/model)
 REGISTER_OP = "register"  # a registration kept for `medseg runs sync` while the server was away
+NO_REGISTRY = "MEDSEG_NO_REGISTRY"  # set (to anything but 0) by `medseg reproduce`: evaluations register nothing
+# version tags: what identifies the version, and its latest evaluation, on which it stands
+MODEL_DIGEST = "model_sha256"
+KEY = "comparison_key"  # digest of the key.* tags: scores compare only where it is equal
+KEY_PREFIX = "key."  # key.split, key.data, key.plan, key.tta, key.postprocess
+EVALUATION_PREFIX = "evaluation."  # evaluation.<time in ms>: each evaluation's score, key, alias and reason (JSON)
+# registered-model tags, per alias: why it stands where it does, and a person's move (JSON: version, by, at, note)
+WHY, MOVED = "alias.{}.why", "alias.{}.moved_by_hand"
 
 
 def registered_name(configured: str | None, dataset: str) -> str:
     """``configured``, or ``medseg-<dataset>`` in lower case with dashes (``medseg-hippocampus``)."""
     return configured or "medseg-" + "-".join(dataset.lower().split())
+
+
+def registering() -> bool:
+    """False where ``MEDSEG_NO_REGISTRY`` is set: a reproduction must leave the registry as it found it."""
+    return os.environ.get(NO_REGISTRY, "0") == "0"
 
 
 @dataclass
@@ -46,6 +63,10 @@ class Decision:
     champion_score: float | None
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _input_example(network: torch.nn.Module, patch_size: list[int]) -> tuple[np.ndarray, np.ndarray]:
     example = np.zeros((1, 1, *patch_size), dtype=np.float32)
     with torch.no_grad():
@@ -53,8 +74,9 @@ def _input_example(network: torch.nn.Module, patch_size: list[int]) -> tuple[np.
     return example, output.float().cpu().numpy()
 
 
-def _log_model(run_id: str, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str) -> str:
-    """An MLflow PyTorch model (signature, input example) with ``model.pt`` inside; returns its version."""
+def _log_model(run_id: str, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str) -> int:
+    """An MLflow PyTorch model (signature, input example) with ``model.pt`` inside, registered as a new version of
+    ``name`` tagged with the file's digest; returns the version."""
     example, output = _input_example(network, patch_size)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
@@ -64,31 +86,74 @@ def _log_model(run_id: str, network: torch.nn.Module, model_file: Path, patch_si
             input_example=example,
             extra_files=[str(model_file)],
             pip_requirements=[f"torch=={torch.__version__}", f"monai=={version('monai')}"],
-            registered_model_name=name,
         )
-    return str(info.registered_model_version)
+    registered = mlflow.register_model(info.model_uri, name, tags={MODEL_DIGEST: _file_digest(model_file)})
+    return int(registered.version)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _registered(client: MlflowClient, name: str, run_id: str, digest: str) -> list[int]:
+    """The versions of ``name`` that hold this run's model file, oldest first."""
+    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return sorted(int(v.version) for v in found if v.tags.get(MODEL_DIGEST) == digest)
+
+
+def _version_for(run: RunLog, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str) -> int:
+    """The version of this run's model file, registered at its first evaluation only. Should two evaluations register
+    it at once, each keeps the older version and the newer one is deleted."""
+    digest = _file_digest(model_file)
+    found = _registered(run.client, name, run.run_id, digest)
+    if not found:
+        created = _log_model(run.run_id, network, model_file, patch_size, name)
+        found = _registered(run.client, name, run.run_id, digest)
+        if created != found[0]:
+            run.client.delete_model_version(name, str(created))
+    return found[0]
 
 
 @dataclass(frozen=True)
 class _Version:
     number: int
-    run_id: str
     score: float | None
-    split: str | None
+    key: str | None
+    parts: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class _Move:
+    """A person's move of an alias: only versions newer than ``newest`` (the newest then) can take it back."""
+
+    version: int
+    newest: int
+    by: str
+    at: str
+    note: str = ""
 
 
 def _versions(client: MlflowClient, name: str) -> list[_Version]:
+    """Every version with its latest evaluation's score and comparison key (None before its first)."""
     found = []
     for registered in client.search_model_versions(f"name='{name}'"):
-        data = client.get_run(registered.run_id).data
-        split = data.tags.get(EVALUATED_SPLIT, data.tags.get(SPLIT_TAG))  # versions registered before the tag existed
-        found.append(_Version(int(registered.version), registered.run_id, data.metrics.get(SCORE), split))
+        tags = registered.tags
+        score = float(tags[SCORE]) if SCORE in tags else None
+        parts = {k[len(KEY_PREFIX) :]: v for k, v in tags.items() if k.startswith(KEY_PREFIX)}
+        found.append(_Version(int(registered.version), score, tags.get(KEY), parts))
     return sorted(found, key=lambda v: v.number)
 
 
-def _holders(client: MlflowClient, name: str) -> dict[str, int]:
-    aliases = client.get_registered_model(name).aliases
-    return {alias: int(number) for alias, number in aliases.items() if alias in (CHAMPION, CHALLENGER)}
+def _state(client: MlflowClient, name: str) -> tuple[dict[str, int], dict[str, _Move]]:
+    """Where the aliases are, and the moves people made."""
+    model = client.get_registered_model(name)
+    holders = {alias: int(number) for alias, number in model.aliases.items() if alias in (CHAMPION, CHALLENGER)}
+    moves = {
+        a: _Move(**json.loads(model.tags[MOVED.format(a)]))
+        for a in (CHAMPION, CHALLENGER)
+        if MOVED.format(a) in model.tags
+    }
+    return holders, moves
 
 
 def _best(versions: list[_Version]) -> _Version:
@@ -96,84 +161,148 @@ def _best(versions: list[_Version]) -> _Version:
     return max(versions, key=lambda v: (v.score, -v.number))
 
 
-def _target(versions: list[_Version], champion: int | None) -> dict[str, int]:
-    """Where the aliases belong: ``champion`` on the best score on the champion's validation split (the oldest
-    scored version's while there is no champion), ties to the older version; ``challenger`` on the newest other
-    scored version. A function of the registered versions alone, so every evaluation computes the same answer."""
-    scored = [v for v in versions if v.score is not None]
+def _kept(scored: list[_Version], move: _Move | None) -> _Version | None:
+    """Where a person's move leaves an alias: on the version moved to, unless a later version beats it on its key."""
+    moved = next((v for v in scored if move and v.number == move.version), None)
+    if moved is None:
+        return None
+    later = [v for v in scored if v.number > move.newest and v.key == moved.key and v.score > moved.score]
+    return _best([moved, *later])
+
+
+def _target(versions: list[_Version], champion: int | None, moves: dict[str, _Move] | None = None) -> dict[str, int]:
+    """Where the aliases belong: ``champion`` on the best score within the comparison key of the current champion
+    (the oldest scored version's while there is none), ties to the older version; ``challenger`` on the newest other
+    scored version. A person's move holds until a later version beats it on its key. A function of the versions and
+    the recorded moves alone, so every evaluation computes the same answer."""
+    scored, moves = [v for v in versions if v.score is not None], moves or {}
     if not scored:
         return {}
-    by_number = {v.number: v for v in scored}
-    reference = by_number[champion].split if champion in by_number else scored[0].split
-    best = _best([v for v in scored if v.split == reference])
-    others = [v for v in scored if v.number != best.number]
-    return {CHAMPION: best.number, **({CHALLENGER: others[-1].number} if others else {})}
+    current = next((v for v in scored if v.number == champion), scored[0])
+    best = _kept(scored, moves.get(CHAMPION)) or _best([v for v in scored if v.key == current.key])
+    challenger = _kept(scored, moves.get(CHALLENGER))
+    if challenger is None or challenger.number == best.number:
+        others = [v for v in scored if v.number != best.number]
+        challenger = others[-1] if others else None
+    return {CHAMPION: best.number, **({CHALLENGER: challenger.number} if challenger else {})}
 
 
-def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[_Version]]:
-    """Move the aliases to their target until a fresh look finds them there. MLflow has no compare-and-set, but
-    since every evaluation aims at the same target and checks after its own last move, the last one to move an
-    alias corrects whatever an evaluation with an older view wrote before it."""
+def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[_Version], dict[str, _Move]]:
+    """Move the aliases to their target until a fresh look finds them there, then say why each stands there. MLflow
+    has no compare-and-set, but since every evaluation aims at the same target and checks after its own last move,
+    the last one to move an alias corrects whatever an evaluation with an older view wrote before it."""
     for _ in range(10):
-        versions, holders = _versions(client, name), _holders(client, name)
-        target = _target(versions, holders.get(CHAMPION))
+        versions, (holders, moves) = _versions(client, name), _state(client, name)
+        target = _target(versions, holders.get(CHAMPION), moves)
         if all(holders.get(alias) == number for alias, number in target.items()):
-            return target, versions
+            break
         for alias, number in target.items():
             client.set_registered_model_alias(name, alias, str(number))
         time.sleep(random.uniform(0.1, 0.3))
-    log.warning("%s: the aliases kept moving under concurrent evaluations; look at them in the registry", name)
-    return target, versions
+    else:
+        log.warning("%s: the aliases kept moving under concurrent evaluations; look at them in the registry", name)
+    for alias, number in target.items():
+        client.set_registered_model_tag(name, WHY.format(alias), _reason(number, target, versions, moves)[1])
+    return target, versions, moves
 
 
-def _reason(number: int, target: dict[str, int], versions: list[_Version]) -> tuple[str, str, float | None]:
+def _differs(own: _Version, other: _Version) -> str:
+    return ", ".join(k for k in sorted(own.parts) if own.parts[k] != other.parts.get(k)) or "its parts"
+
+
+def _rival(own: _Version, versions: list[_Version], moves: dict[str, _Move]) -> _Version | None:
+    """Whom a champion beat: the version a person had moved it to, else the best other one on its key."""
+    move = moves.get(CHAMPION)
+    moved = next((v for v in versions if move and v.number == move.version != own.number), None)
+    rivals = [v for v in versions if v.number != own.number and v.key == own.key and v.score is not None]
+    return moved or (_best(rivals) if rivals else None)
+
+
+def _reason(
+    number: int, target: dict[str, int], versions: list[_Version], moves: dict[str, _Move]
+) -> tuple[str, str, float | None]:
     """This version's alias, why, and the score it was measured against."""
     by_number = {v.number: v for v in versions}
     own, champion = by_number[number], by_number[target[CHAMPION]]
-    if champion.number == number:
-        rivals = [v for v in versions if v.number != number and v.split == own.split and v.score is not None]
-        if not rivals:
-            return CHAMPION, "no champion yet", None
-        runner_up = _best(rivals)
+    alias = next((a for a, n in target.items() if n == number), "none (a newer version is challenger)")
+    on_key, move = f"on comparison key {own.key}", moves.get(alias)
+    if move and move.version == number:
+        note = f" ({move.note})" if move.note else ""
+        why = f"moved here by {move.by} at {move.at}{note}; kept until a person moves it or a later version scores better {on_key}"
+        return alias, why, None
+    if alias == CHAMPION:
+        rival = _rival(own, versions, moves)
+        if rival is None:
+            return CHAMPION, f"the only version scored {on_key}", None
         return (
             CHAMPION,
-            f"{SCORE} {own.score:.4f} beats version {runner_up.number}'s {runner_up.score:.4f}",
-            runner_up.score,
+            f"{SCORE} {own.score:.4f} beats version {rival.number}'s {rival.score:.4f} {on_key}",
+            rival.score,
         )
-    alias = CHALLENGER if target.get(CHALLENGER) == number else "none (a newer version is challenger)"
-    if champion.split != own.split:
-        return alias, f"champion (version {champion.number}) was evaluated on another validation split", champion.score
-    return (
-        alias,
-        f"{SCORE} {own.score:.4f} does not beat version {champion.number}'s {champion.score:.4f}",
-        champion.score,
-    )
+    if champion.key != own.key:
+        differs = _differs(own, champion)
+        why = f"scored {on_key}, the champion (version {champion.number}) on {champion.key}: not compared (differs in {differs})"
+        return alias, why, champion.score
+    why = f"{SCORE} {own.score:.4f} does not beat version {champion.number}'s {champion.score:.4f} {on_key}"
+    return alias, why, champion.score
+
+
+def _evaluated(client: MlflowClient, name: str, number: int, score: float, key: dict[str, str]) -> None:
+    """The version stands on its latest evaluation: its score and comparison key as tags, before the aliases move."""
+    tags = {SCORE: score, KEY: key_digest(key), **{KEY_PREFIX + k: v for k, v in key.items()}}
+    for tag, value in tags.items():
+        client.set_model_version_tag(name, str(number), tag, str(value))
 
 
 def register(
-    run: RunLog, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str, score: float, split: str
+    run: RunLog,
+    network: torch.nn.Module,
+    model_file: Path,
+    patch_size: list[int],
+    name: str,
+    score: float,
+    key: dict[str, str],
+    evaluated_at: int | None = None,
 ) -> Decision | None:
-    """Register the run's model under ``name`` and settle the aliases: ``champion`` for the best score on the
-    champion's validation split (``split``: its hash), ``challenger`` for the newest other one. The run carries its
-    ``eval_dice_mean`` and split before the version exists, so that every evaluation looking at the registry sees
-    them; this version's alias, the reason and both scores go to it after."""
+    """Record an evaluation of the run's model under ``name``: the version of this run and model file (registered at
+    its first evaluation) gets the score and comparison ``key`` and an ``evaluation.<ms>`` record, then the aliases
+    settle. ``evaluated_at`` (ms) names the record, so that a deferred registration replayed twice writes it once."""
+    evaluated_at = evaluated_at or int(time.time() * 1000)
     if not run.online:
         log.warning("%s not registered yet: the tracking server did not answer; `medseg runs sync` will", name)
         run.set_tags({"registry.decision": "deferred: the tracking server did not answer; registered by sync"})
-        later = {"name": name, "score": score, "split": split, "patch_size": patch_size, "experiment": run.experiment}
-        run.defer({"op": REGISTER_OP, **later}, model_file)
+        later = {"name": name, "score": score, "key": key, "patch_size": patch_size, "experiment": run.experiment}
+        run.defer({"op": REGISTER_OP, **later, "evaluated_at": evaluated_at}, model_file)
         return None
-    run.set_tags({EVALUATED_SPLIT: split})
-    model_version = _log_model(run.run_id, network, model_file, patch_size, name)
-    target, versions = _settle(run.client, name)
-    alias, reason, champion_score = _reason(int(model_version), target, versions)
-    decision = Decision(name, model_version, alias, reason, score, champion_score)
+    number = _version_for(run, network, model_file, patch_size, name)
+    _evaluated(run.client, name, number, score, key)
+    target, versions, moves = _settle(run.client, name)
+    alias, reason, champion_score = _reason(number, target, versions, moves)
+    record = {"score": score, "key": key, "run": run.run_id, "alias": alias, "reason": reason}
+    run.client.set_model_version_tag(name, str(number), f"{EVALUATION_PREFIX}{evaluated_at}", json.dumps(record))
+    decision = Decision(name, str(number), alias, reason, score, champion_score)
     run.set_tags({f"registry.{k}": v for k, v in asdict(decision).items() if k not in ("score", "champion_score")})
     run.log_metrics(
         {"registry.score": score, **({"registry.champion_score": champion_score} if champion_score is not None else {})}
     )
-    log.info("registered %s version %s as %s: %s", name, model_version, alias, reason)
+    log.info("%s version %s evaluated, now %s: %s", name, number, alias, reason)
     return decision
+
+
+def move_alias(name: str, alias: str, number: int, note: str = "") -> str:
+    """A person's choice: ``alias`` goes to version ``number`` and stays there, recorded with who and when, until a
+    person moves it again or a later version scores better on its comparison key; returns why it stands there."""
+    client = MlflowClient(configure())
+    versions = _versions(client, name)
+    if alias not in (CHAMPION, CHALLENGER) or not any(v.number == number and v.score is not None for v in versions):
+        raise MedsegError(f"{name}: only {CHAMPION} or {CHALLENGER} can be moved, to an evaluated version")
+    newest = max(v.number for v in versions)
+    who = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    move = _Move(number, newest, who, _now(), note)
+    client.set_registered_model_tag(name, MOVED.format(alias), json.dumps(asdict(move)))
+    client.set_registered_model_alias(name, alias, str(number))
+    target, versions, moves = _settle(client, name)
+    return _reason(target[alias], target, versions, moves)[1]
 
 
 def is_model_uri(text: str) -> bool:

@@ -1,5 +1,6 @@
 """``medseg reproduce RUN_ID``: the run's commit in a fresh git worktree, its data back from DVC, ``dvc repro``
-there, and the new metrics against the logged ones."""
+there, and the new metrics against the logged ones. The reproduction is logged to a store of its own (beside the
+worktree, or one named), with registration off: the registry stays as it was."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pandas as pd
 from pipeline.errors import MedsegError
 from pipeline.tracking.listing import _client, find_run
 from pipeline.tracking.provenance import RAW_DATA, dvc_output_hash
-from pipeline.tracking.runs import tracking_uri
+from pipeline.tracking.registry import NO_REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class ReproduceError(MedsegError):
 class Reproduction:
     run_id: str
     worktree: Path
+    tracking_uri: str  # where the reproduction's own run went
     comparison: pd.DataFrame  # metric, logged, reproduced, difference, within tolerance
 
     @property
@@ -50,7 +52,7 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> st
 
 
 def _absolute_uri(uri: str) -> str:
-    """A relative SQLite store (``sqlite:///mlflow.db``) named absolutely, so the worktree logs to the same store."""
+    """A relative SQLite store (``sqlite:///mlflow.db``) named absolutely, so the worktree logs to the one meant."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
@@ -103,7 +105,11 @@ def reproduce(
     remote: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     allow_dirty: bool = False,
+    tracking_uri: str | None = None,
 ) -> Reproduction:
+    """``tracking_uri``: the store for the reproduction's run; by default ``mlflow.db`` beside the worktree, so the
+    run's own store is only read. Evaluations there register nothing (``MEDSEG_NO_REGISTRY``, for commits that know
+    it; the separate store keeps the registry of older commits' reproductions apart too)."""
     run = find_run(_client(), run_id)
     run_id, tags = run.info.run_id, run.data.tags
     commit, raw_hash = tags.get("mlflow.source.git.commit"), tags.get("dvc.raw_data_md5")
@@ -119,9 +125,10 @@ def reproduce(
     source_repo = Path(_run(["git", "rev-parse", "--show-toplevel"], Path.cwd()).strip())
     worktree = Path(workdir or tempfile.mkdtemp(prefix=f"medseg-reproduce-{run_id[:8]}-")) / "repo"
     _run(["git", "worktree", "add", "--detach", str(worktree), commit], source_repo)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": _absolute_uri(tracking_uri())}
+    store = _absolute_uri(tracking_uri or f"sqlite:///{worktree.parent / 'mlflow.db'}")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, NO_REGISTRY: "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     _restore_data(worktree, run_id, raw_hash, source_repo, remote, env)
     log.info("reproducing run %s at %s in %s", run_id, commit[:8], worktree)
     _run([sys.executable, "-m", "dvc", "repro"], worktree, env)
-    return Reproduction(run_id, worktree, _compare(run_id, worktree, tolerance))
+    return Reproduction(run_id, worktree, store, _compare(run_id, worktree, tolerance))

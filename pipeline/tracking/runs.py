@@ -19,6 +19,7 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 ERROR_TAG = "error"
+LAST_EPOCH_TAG = "last_epoch"  # on a run that died: the last epoch it logged metrics for
 
 
 def tracking_uri() -> str:
