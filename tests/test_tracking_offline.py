@@ -21,7 +21,7 @@ from pipeline.evaluate import DEFERRED, evaluate
 from pipeline.model import load_model
 from pipeline.preprocess import preprocess
 from pipeline.split import split
-from pipeline.tracking.offline import sync
+from pipeline.tracking.offline import RunLog, logged_run, sync
 
 
 def free_port() -> int:
@@ -162,3 +162,67 @@ def test_a_model_evaluated_while_the_server_was_away_is_registered_by_sync(prepa
     network, _ = load_model("models:/medseg-hippocampus@champion")
     expected = load_model(models / "model.pt")[0].state_dict()
     assert all(torch.equal(expected[k], v) for k, v in network.state_dict().items())
+
+
+def _offline_run(pending, monkeypatch, **kwargs):
+    """A RunLog whose server never answered, then MLflow pointed at a store that sync can reach."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    return RunLog(pending, "offline", **kwargs)
+
+
+def _synced_id(pending, run):
+    return json.loads((pending / "synced.json").read_text())[run.run_id]
+
+
+def test_records_appended_while_sync_runs_in_a_loop_arrive_exactly_once(tmp_path, monkeypatch):
+    pending, epochs = tmp_path / "pending", 150
+    run = _offline_run(pending, monkeypatch)
+    assert not run.online
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def training():
+        for epoch in range(1, epochs + 1):
+            run.log_metrics({"train_loss": 1.0 / epoch}, step=epoch)
+            if epoch % 30 == 0:  # files kept beside the lines, while sync deletes those it has sent
+                (tmp_path / f"note_{epoch}.txt").write_text(str(epoch))
+                run.log_artifact(tmp_path / f"note_{epoch}.txt", artifact_path="notes")
+            time.sleep(0.01)
+        run.end()
+
+    sync(pending)  # the run created in the store, which is set up on first use
+    writer = threading.Thread(target=training)
+    writer.start()
+    rounds = 0
+    while writer.is_alive():
+        sync(pending)
+        rounds += 1
+    writer.join()
+    sync(pending)
+    assert rounds > 1, "sync ran beside the writer"
+    assert sync(pending) == [], "a second sync finds nothing left to send"
+
+    client = mlflow.MlflowClient()
+    run_id = _synced_id(pending, run)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, epochs + 1))
+    assert len(client.list_artifacts(run_id, "notes")) == epochs // 30
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert not list(pending.glob("pending-*")), "nothing of the run is left pending"
+
+
+def test_a_run_that_dies_offline_ends_failed_or_killed_with_its_last_epoch_once_synced(tmp_path, monkeypatch):
+    pending, ended = tmp_path / "pending", {}
+    for error, status in ((RuntimeError("the disk is full"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        with pytest.raises(type(error)), logged_run(pending, "offline") as run:
+            for epoch in (1, 2, 3):
+                run.log_metrics({"train_loss": 1.0 / epoch}, step=epoch)
+            raise error
+        ended[status] = run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(sync(pending)) == 2
+    client = mlflow.MlflowClient()
+    for status, run in ended.items():
+        synced = client.get_run(_synced_id(pending, run))
+        assert synced.info.status == status and synced.data.tags["last_epoch"] == "3"
+        assert synced.data.tags["error"].startswith(("RuntimeError: the disk is full", "KeyboardInterrupt"))

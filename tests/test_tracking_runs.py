@@ -74,6 +74,7 @@ def test_an_interrupted_run_ends_killed_and_resuming_continues_it_with_the_gap_m
         _train(prepared, tiny_params)
     first = _run(prepared)
     assert first.info.status == "KILLED" and first.data.tags["error"].startswith("KeyboardInterrupt")
+    assert first.data.tags["last_epoch"] == "1", "the last epoch it reached"
 
     monkeypatch.setattr(training, "train_one_epoch", real_epoch)
     _train(prepared, tiny_params)
