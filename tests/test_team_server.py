@@ -1,5 +1,6 @@
 """A team's tracking server for real: scripts/tracking-server on a PostgreSQL started on loopback, two trainings
-and their evaluations at the same time, both landing completely, the registry's aliases decided once."""
+and their evaluations at the same time, both landing completely, the registry's aliases decided once, a model
+evaluated again still one version."""
 
 import glob
 import json
@@ -143,3 +144,10 @@ def test_two_trainings_at_once_land_completely_on_the_postgresql_server(
     if scores[loser] < scores[champion.run_id]:
         assert client.get_model_version_by_alias("medseg-hippocampus", "challenger").run_id == loser
         assert client.get_run(loser).data.tags["registry.alias"] == "challenger"
+
+    # evaluating a model again records the evaluation on its version: no new version
+    evaluate_a = [*medseg, "evaluate", "models_a/model.pt", "prep", "split.json", "reports_a2"]
+    _together([[*evaluate_a, "--run-file", "models_a/mlflow_run.json", "-p", "a.yaml"]], tmp_path, env)
+    versions = client.search_model_versions("name='medseg-hippocampus'")
+    [again] = [v for v in versions if v.run_id == runs["a"].info.run_id]
+    assert len(versions) == 2 and len([k for k in again.tags if k.startswith("evaluation.")]) == 2

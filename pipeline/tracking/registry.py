@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from pipeline.errors import MedsegError, ModelError
 from pipeline.tracking.offline import RunLog
@@ -197,13 +198,24 @@ def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[_Vers
         if all(holders.get(alias) == number for alias, number in target.items()):
             break
         for alias, number in target.items():
-            client.set_registered_model_alias(name, alias, str(number))
+            _concurrently(client.set_registered_model_alias, name, alias, str(number))
         time.sleep(random.uniform(0.1, 0.3))
     else:
         log.warning("%s: the aliases kept moving under concurrent evaluations; look at them in the registry", name)
     for alias, number in target.items():
-        client.set_registered_model_tag(name, WHY.format(alias), _reason(number, target, versions, moves)[1])
+        _concurrently(
+            client.set_registered_model_tag, name, WHY.format(alias), _reason(number, target, versions, moves)[1]
+        )
     return target, versions, moves
+
+
+def _concurrently(write, *args) -> None:
+    """A write that another evaluation may make at the same moment: a store that refuses the second insert of the same
+    alias or tag (PostgreSQL's unique key) has taken the other's, and the next look at the registry decides."""
+    try:
+        write(*args)
+    except MlflowException as err:
+        log.info("registry write refused, another evaluation made it at the same time: %s", describe_error(err)[:300])
 
 
 def _differs(own: _Version, other: _Version) -> str:
