@@ -46,11 +46,16 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return plane(angles[0], 3, 1, 2) @ plane(angles[1], 3, 0, 2) @ plane(angles[2], 3, 0, 1)
 
 
-def sampling_matrix(dims: int, aug: AugmentationConfig, generator: torch.Generator) -> torch.Tensor:
-    """Maps a patch voxel's offset from the patch centre to the case: rotation, scaling, mirroring."""
+def sampling_matrix(
+    dims: int, aug: AugmentationConfig, generator: torch.Generator, in_plane: bool = False
+) -> torch.Tensor:
+    """Maps a patch voxel's offset from the patch centre to the case: rotation (with ``in_plane``, of a 3D
+    patch about its last axis only), scaling, mirroring."""
     matrix = torch.eye(dims)
     if fires(aug.affine_prob, generator):
         angles = uniform(-MAX_ROTATION, MAX_ROTATION, generator, (1 if dims == 2 else 3,))
+        if in_plane and dims == 3:
+            angles[:2] = 0
         matrix = _rotation(angles) @ torch.diag(1 + uniform(-MAX_SCALING, MAX_SCALING, generator, (dims,)))
     for axis in range(dims):
         if fires(aug.flip_prob, generator):

@@ -43,7 +43,9 @@ def cache_case(volumes: dict[str, torch.Tensor]) -> CachedCase:
 class PatchSampler:
     """Draws augmented training patches: a third of them (``foreground_fraction``) centred on a
     voxel of a random foreground class, as nnU-Net does, the others anywhere in the case. With
-    ``slices``, 2D patches are cut from the axial slices (last axis) of 3D cases."""
+    ``slices``, 2D patches are cut from the axial slices (last axis) of 3D cases; with ``in_plane``,
+    3D patches thin along the last axis are rotated about that axis only (nnU-Net's rule for
+    anisotropic patches: a rotation out of the plane would fill a thin patch with padding)."""
 
     def __init__(
         self,
@@ -52,9 +54,10 @@ class PatchSampler:
         aug: AugmentationConfig,
         foreground_fraction: float,
         slices: bool = False,
+        in_plane: bool = False,
     ):
         self.cases, self.patch_size, self.aug = cases, list(patch_size), aug
-        self.foreground_fraction, self.slices = foreground_fraction, slices
+        self.foreground_fraction, self.slices, self.in_plane = foreground_fraction, slices, in_plane
 
     def _start(self, case: CachedCase, generator: torch.Generator) -> torch.Tensor:
         """The corner of the unaugmented patch, in voxels of the case (of all its axes, with ``slices``)."""
@@ -76,7 +79,7 @@ class PatchSampler:
             index = int(start[-1].clamp(0, volumes[IMAGE].shape[-1] - 1))
             start, volumes = start[:-1], {key: volume[..., index] for key, volume in volumes.items()}
         dims = len(self.patch_size)
-        matrix = sampling_matrix(dims, self.aug, generator)
+        matrix = sampling_matrix(dims, self.aug, generator, self.in_plane)
         field = elastic_field(self.patch_size, generator) if fires(self.aug.elastic_prob, generator) else None
         patch = sample_patch(volumes, start, self.patch_size, matrix, field, nearest={LABEL})
         patch[IMAGE] = intensity(patch[IMAGE], self.aug, generator)

@@ -125,7 +125,7 @@ class LossConfig(_Section):
         description="If set, the CE (or focal) weight moves linearly from ce_weight to this by the last epoch.",
     )
     batch_dice: bool = Field(
-        False,
+        True,
         description="Dice (and Tversky) over the whole batch, not per patch, as nnU-Net's 3D default: a patch "
         "without some class then does not score 0 or 1 on it.",
     )
@@ -138,15 +138,21 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
-    mode: Literal["auto", "2d"] = Field(
-        "auto", description="auto: the data's own dimensionality; 2d: slice-wise training on 3D data."
+    mode: Literal["auto", "2d", "3d"] = Field(
+        "auto",
+        description="auto: the plan's configuration (3D, or 2D for 3D data too thin for a 3D patch); 2d: slice-wise "
+        "training on 3D data; 3d: a 3D network whatever the plan says.",
     )
-    network: Literal["unet", "dynunet", "basicunet", "unet_paper"] = Field(
-        "unet",
-        description="MONAI UNet, DynUNet (nnU-Net-like), BasicUNet, or the U-Net paper's (unpadded, overlap-tile inference).",
+    network: Literal["auto", "unet", "dynunet", "basicunet", "unet_paper"] = Field(
+        "auto",
+        description="auto: the plan's (MONAI UNet, or DynUNet where kernels differ between stages); MONAI UNet, "
+        "DynUNet (nnU-Net-like), BasicUNet, or the U-Net paper's (unpadded, overlap-tile inference).",
     )
-    channels: list[int] = Field(
-        [16, 32, 64, 128], min_length=2, description="Features per level; basicunet takes five."
+    channels: list[int] | None = Field(
+        None,
+        min_length=2,
+        description="Features per level; null: planned (16 doubling per stage, one stage per downsampling); "
+        "basicunet takes five.",
     )
     num_res_units: int = Field(2, ge=0, description="unet: residual units per level; dynunet: residual blocks if > 0.")
     norm: Literal["instance", "batch", "none"] = Field(
@@ -154,15 +160,27 @@ class TrainConfig(_Section):
     )
     dropout: float = 0.0
     deep_supervision: bool = Field(False, description="dynunet: a loss on lower-resolution heads too.")
-    patch_size: list[int] | None = Field(None, description="null: planned from the dataset fingerprint.")
+    patch_size: list[int] | None = Field(
+        None, description="null: planned from the dataset fingerprint (the median case within a voxel budget)."
+    )
     loss: Literal[
         "dice_ce", "dice_focal", "focal", "tversky", "generalized_dice", "jaccard", "weighted_ce", "weight_map_ce"
     ] = Field(
         "dice_ce", description="weight_map_ce: CE weighted by the U-Net paper's map (needs preprocess.weight_map)."
     )
     loss_options: LossConfig = LossConfig()
-    batch_size: int = 4
-    epochs: int = 50
+    batch_size: int | None = Field(
+        None, ge=1, description="null: planned, to fill a budget of voxels per step (small patches, large batches)."
+    )
+    epochs: int | None = Field(
+        None, ge=1, description="null: as many as fit in budget_minutes, measured by a short probe of the step."
+    )
+    budget_minutes: float = Field(
+        25.0,
+        gt=0,
+        description="The training time that sets the epochs (when epochs is null), validations included; the "
+        "learning-rate schedule then runs to its end within it.",
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="sgd: with Nesterov momentum.")
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
@@ -172,7 +190,12 @@ class TrainConfig(_Section):
     poly_power: float = 0.9
     step_epochs: int = Field(30, ge=1, description="step: epochs between decays.")
     step_gamma: float = Field(0.1, gt=0, description="step: the factor of each decay.")
-    val_every: int = Field(5, ge=1, description="Validate every N epochs (and after the last).")
+    val_every: int | None = Field(
+        None,
+        ge=1,
+        description="Validate every N epochs (and after the last); null: as often as keeps validation near 5% of "
+        "the time, measured by the probe.",
+    )
     keep: Literal["last", "best"] = Field(
         "last", description="Which weights the model file gets: the last epoch's, or the best validated."
     )
@@ -182,11 +205,22 @@ class TrainConfig(_Section):
     max_minutes: float | None = Field(
         None, gt=0, description="Stop once training has taken this long (not reproducible across machines)."
     )
-    amp: bool = Field(
-        True,
-        description="Mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX); float32 elsewhere.",
+    amp: bool | Literal["auto"] = Field(
+        "auto",
+        description="Mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPUs with native bfloat16 "
+        "(AVX512-BF16, AMX); float32 elsewhere. auto: only where a short probe finds it finite and faster.",
     )
-    compile: bool = Field(False, description="torch.compile the network (inductor, on CUDA and CPU).")
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the network (inductor, on CUDA and CPU). auto: only where a short probe finds it "
+        "faster by more than its compilation costs over the run.",
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A step whose loss or gradient is NaN or infinite: stop the run with an error naming it (the "
+        "last good checkpoint is kept), or skip the step and count it (the run still stops if a whole epoch is "
+        "skipped).",
+    )
     max_train_cases: int | None = Field(None, description="Train on at most this many cases (smoke runs).")
     data_workers: int | None = Field(
         None,
@@ -206,7 +240,7 @@ class InferenceConfig(_Section):
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = 4
     tta: bool = Field(
-        False, description="Evaluate with mirroring test-time augmentation (probabilities averaged over all flips)."
+        True, description="Evaluate with mirroring test-time augmentation (probabilities averaged over all flips)."
     )
     largest_component: bool = Field(
         False,

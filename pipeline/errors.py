@@ -24,3 +24,7 @@ class CheckpointError(MedsegError):
 
 class InputError(MedsegError):
     """An input path that names nothing to segment."""
+
+
+class TrainingError(MedsegError):
+    """A training run that went wrong (a NaN loss, diverged weights) and was stopped."""

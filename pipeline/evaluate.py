@@ -13,6 +13,7 @@ import torch
 
 from pipeline.config import EvaluateConfig, MlflowConfig
 from pipeline.dataset import class_indices
+from pipeline.errors import ModelError
 from pipeline.evaluation.metrics import LabelledCase
 from pipeline.evaluation.scoring import OUTPUT_FILES, evaluate_cases
 from pipeline.inference import predict
@@ -87,6 +88,7 @@ def evaluate(
     )
 
     if run_file and Path(run_file).is_file():
+        _check_not_empty(summary, model_path)
         logged = json.loads(Path(run_file).read_text())
         run = RunLog(Path(run_file).parent / PENDING_DIR, logged["experiment"], logged["run_id"])
         run.log_metrics(mlflow_metrics(summary))
@@ -99,6 +101,17 @@ def evaluate(
         key = comparison_key(split_json, description, tta)
         register(run, network, Path(model_path), description["patch_size"], name, summary["dice_mean"], key)
     return summary
+
+
+def _check_not_empty(summary: dict, model_path: Path) -> None:
+    """A model that predicts no foreground in any case is broken, whatever its scores say: its run is not
+    scored and it is never registered (evaluating a model file alone, without its run, only reports)."""
+    empty = [counts["prediction"] + counts["both"] for counts in summary["empty_cases"].values()]
+    if summary["n_cases"] and all(n == summary["n_cases"] for n in empty):
+        raise ModelError(
+            f"{model_path}: predicted no foreground in any of the {summary['n_cases']} validation cases; the "
+            "model is not registered (the report is written, see its figures)"
+        )
 
 
 def register_deferred(run_id: str, op: dict, files: Path) -> None:

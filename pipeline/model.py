@@ -17,6 +17,7 @@ from monai.networks.nets import BasicUNet, DynUNet, UNet
 from pipeline.config import Params
 from pipeline.errors import ConfigError, ModelError
 from pipeline.files import atomic_path
+from pipeline.network_plan import channels, for_patch
 from pipeline.unet_paper import OriginalUNet
 
 MODEL_FORMAT = "medseg-model/1"
@@ -32,59 +33,71 @@ def describe(
     patch_size: list[int],
     label_values: list[int] | None = None,
     slice_axis: int | None = None,
+    configuration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """All that inference needs besides the weights: ``labels`` names class indices 0..K-1, ``label_values``
     are the values they had in the data (written back by ``segment``), ``plan`` the preprocessing, and
-    ``slice_axis`` the volume axis a 2D network runs along (None when the network has the data's dimensions)."""
+    ``slice_axis`` the volume axis a 2D network runs along (None when the network has the data's dimensions).
+    ``configuration`` is the planned network (``network_plan``); without it, one is planned for the patch."""
+    if configuration is None:
+        configuration = for_patch(params.train, list(patch_size), plan.get("spacing", [1.0] * len(patch_size)))
     return {
-        "network": network_spec(params, n_classes=len(labels), spatial_dims=len(patch_size)),
+        "network": network_spec(params, len(labels), len(patch_size), configuration),
         "slice_axis": slice_axis,
         "labels": labels,
         "label_values": label_values or list(range(len(labels))),
         "modality": modality,
         "preprocess": plan,
         "patch_size": list(patch_size),
+        "configuration": configuration,
         "inference": params.inference.model_dump(exclude={"tta"}),  # TTA is chosen when segmenting
     }
 
 
-def network_spec(params: Params, n_classes: int, spatial_dims: int = 3) -> dict[str, Any]:
+def network_spec(
+    params: Params, n_classes: int, spatial_dims: int = 3, configuration: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The constructor arguments of the network; its depth, strides and kernels from ``configuration``
+    (the plan), else from ``train.channels`` with isotropic strides of 2."""
     train = params.train
-    levels = len(train.channels)
-    spec: dict[str, Any] = {
-        "name": train.network,
-        "spatial_dims": spatial_dims,
-        "in_channels": 1,
-        "out_channels": n_classes,
-    }
-    if train.network == "unet":
+    if configuration is None:
+        levels = len(train.channels or channels(4))
+        configuration = {
+            "network": "unet" if train.network == "auto" else train.network,
+            "channels": list(train.channels or channels(4)),
+            "strides": [[1] * spatial_dims] + [[2] * spatial_dims] * (levels - 1),
+            "kernels": [[3] * spatial_dims] * levels,
+        }
+    name, features = configuration["network"], list(configuration["channels"])
+    strides, kernels = configuration["strides"], configuration["kernels"]
+    spec: dict[str, Any] = {"name": name, "spatial_dims": spatial_dims, "in_channels": 1, "out_channels": n_classes}
+    if name == "unet":
         spec.update(
-            channels=list(train.channels),
-            strides=[2] * (levels - 1),
+            channels=features,
+            strides=[list(s) for s in strides[1:]],
+            kernel_size=list(kernels[0]) if all(k == kernels[0] for k in kernels) else 3,
             num_res_units=train.num_res_units,
             norm=train.norm,
             dropout=train.dropout,
         )
-    elif train.network == "dynunet":
+    elif name == "dynunet":
         spec.update(
-            kernel_size=[3] * levels,
-            strides=[1] + [2] * (levels - 1),
-            upsample_kernel_size=[2] * (levels - 1),
-            filters=list(train.channels),
+            kernel_size=[list(k) for k in kernels],
+            strides=[list(s) for s in strides],
+            upsample_kernel_size=[list(s) for s in strides[1:]],
+            filters=features,
             norm_name=train.norm,
             dropout=train.dropout,
             deep_supervision=train.deep_supervision,
-            deep_supr_num=max(1, min(2, levels - 2)) if train.deep_supervision else 1,
+            deep_supr_num=max(1, min(2, len(features) - 2)) if train.deep_supervision else 1,
             res_block=train.num_res_units > 0,
         )
-    elif train.network == "unet_paper":
-        spec.update(
-            channels=list(train.channels), norm=None if train.norm == "none" else train.norm, dropout=train.dropout
-        )
+    elif name == "unet_paper":
+        spec.update(channels=features, norm=None if train.norm == "none" else train.norm, dropout=train.dropout)
     else:  # basicunet: five levels, the last channel count repeated for the top decoder
-        if levels != 5:
-            raise ConfigError(f"train.channels: basicunet takes 5 channel counts, got {levels}")
-        spec.update(features=[*train.channels, train.channels[0]], norm=train.norm, dropout=train.dropout)
+        if len(features) != 5:
+            raise ConfigError(f"train.channels: basicunet takes 5 channel counts, got {len(features)}")
+        spec.update(features=[*features, features[0]], norm=train.norm, dropout=train.dropout)
     return spec
 
 
@@ -97,7 +110,18 @@ def build_network(spec: dict[str, Any]) -> torch.nn.Module:
     return NETWORKS[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
 
 
+def check_finite(state_dict: dict[str, torch.Tensor], where: Path | str) -> None:
+    """A model with a NaN or infinite weight predicts nothing useful: it is never written, loaded or registered."""
+    broken = [name for name, tensor in state_dict.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise ModelError(
+            f"{where}: {len(broken)} of {len(state_dict)} weight tensors hold NaN or infinite values "
+            f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); the training diverged, train it again"
+        )
+
+
 def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]) -> None:
+    check_finite(network.state_dict(), path)
     content = {"format": MODEL_FORMAT, **description, "state_dict": network.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(content, tmp)
@@ -113,7 +137,9 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[to
     path = Path(path)
     content = _read_bundle(path, device) if path.is_dir() else _read_model_file(path, device)
     network = build_network(content["network"])
-    network.load_state_dict(content.pop("state_dict"))
+    weights = content.pop("state_dict")
+    check_finite(weights, path)
+    network.load_state_dict(weights)
     return network.to(device).eval(), content
 
 

@@ -1,9 +1,10 @@
 """The dataset fingerprint, and the preprocessing and patch size planned from it (after nnU-Net).
 
 The fingerprint holds, per case, spacing, shape, class voxel counts and a sample of
-foreground intensities. From it come the target spacing (the median), the intensity
-normalisation (CT: clip to foreground percentiles, then z-score with foreground statistics;
-other modalities: z-score per volume) and the patch size, unless params fix them.
+foreground intensities. From it come the target spacing (``network_plan.target_spacing``) and the
+intensity normalisation (CT: clip to foreground percentiles, then z-score with foreground
+statistics; other modalities: z-score per volume), unless params fix them; the network, patch
+and batch are planned in ``network_plan``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.config import PreprocessConfig
+from pipeline.network_plan import target_spacing
 
 FOREGROUND_SAMPLES = 500
 CLIP_PERCENTILES = (0.5, 99.5)
@@ -72,9 +74,16 @@ def _intensity(fingerprints: list[dict[str, Any]], modality: str, config: Prepro
     }
 
 
+def plan_spacing(fingerprints: list[dict[str, Any]], config: PreprocessConfig) -> tuple[list[float], str]:
+    """The target spacing, and why."""
+    if config.spacing:
+        return list(config.spacing), "params (preprocess.spacing)"
+    return target_spacing([f["spacing"] for f in fingerprints], [f["shape"] for f in fingerprints])
+
+
 def plan_preprocessing(fingerprints: list[dict[str, Any]], modality: str, config: PreprocessConfig) -> dict[str, Any]:
     """Everything needed to prepare a volume the way the training data was prepared."""
-    spacing = config.spacing or np.median([f["spacing"] for f in fingerprints], axis=0).tolist()
+    spacing, _ = plan_spacing(fingerprints, config)
     return {
         "orientation": config.orientation,
         "spacing": [float(s) for s in spacing],
@@ -85,19 +94,3 @@ def plan_preprocessing(fingerprints: list[dict[str, Any]], modality: str, config
 
 def plan_digest(plan: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def median_shape(fingerprints: list[dict[str, Any]], spacing: list[float]) -> list[float]:
-    """The median case size, in voxels at the target spacing."""
-    sizes = [np.asarray(f["shape"]) * np.asarray(f["spacing"]) / np.asarray(spacing) for f in fingerprints]
-    return np.median(sizes, axis=0).tolist()
-
-
-def plan_patch_size(median: list[float], levels: int, max_voxels: int = 96**3) -> list[int]:
-    """Cover the median case, in multiples of the network's total downsampling, within a voxel budget."""
-    step = 2 ** (levels - 1)
-    patch = [max(step, int(np.ceil(s / step)) * step) for s in median]
-    while np.prod(patch) > max_voxels:
-        largest = int(np.argmax(patch))
-        patch[largest] = max(step, patch[largest] - step)
-    return patch

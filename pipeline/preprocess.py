@@ -26,7 +26,8 @@ from pipeline.config import DataConfig, PreprocessConfig, WeightMapConfig
 from pipeline.dataset import Case, Dataset, class_indices, read_dataset
 from pipeline.errors import DatasetError
 from pipeline.files import atomic_path, write_csv, write_json
-from pipeline.plan import case_fingerprint, plan_digest, plan_preprocessing
+from pipeline.network_plan import plan_experiment
+from pipeline.plan import case_fingerprint, plan_digest, plan_preprocessing, plan_spacing
 from pipeline.transforms import IMAGE, LABEL, prepare
 from pipeline.validate import case_result, check_case, report
 from pipeline.volumes import to_metatensor
@@ -204,7 +205,12 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     if not accepted:
         raise DatasetError(f"{raw_dir}: no usable case; see {out_dir / VALIDATION_FILE}")
 
-    plan = plan_preprocessing([cases[c.case_id]["fingerprint"] for c in accepted], dataset.modality, config)
+    fingerprints = [cases[c.case_id]["fingerprint"] for c in accepted]
+    plan = plan_preprocessing(fingerprints, dataset.modality, config)
+    experiment = {
+        "reasons": {"spacing": plan_spacing(fingerprints, config)[1]},
+        **plan_experiment(fingerprints, plan["spacing"], dataset.dimensions),
+    }
     weight_map = config.weight_map.model_dump() if config.weight_map else None
     digest = plan_digest(
         {**plan, "weight_map": weight_map} if weight_map else plan
@@ -232,7 +238,7 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     )
     _remove_unlisted(out_dir, set(manifest.image) | set(manifest.label) | set(manifest.weight))
     write_json(out_dir / FINGERPRINT_FILE, {"modality": dataset.modality, "cases": cases})
-    write_json(out_dir / PLAN_FILE, plan)
+    write_json(out_dir / PLAN_FILE, {**plan, **experiment})  # what inference needs, then what training plans
     write_csv(out_dir / MANIFEST_FILE, manifest)
     write_json(
         out_dir / "dataset.json",

@@ -46,6 +46,8 @@ def tiny_params() -> Params:
                 "batch_size": 2,
                 "epochs": 2,
                 "val_every": 1,
+                "amp": False,  # nothing for the probe to choose: two runs compared weight for weight agree
+                "compile": False,
             },
         }
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -111,7 +112,10 @@ def test_a_ct_series_gives_a_seg_that_references_it_and_places_as_the_nifti(orga
     assert segments["liver"].segmented_property_category.meaning == "Anatomical Structure"
     assert len({d.tracking_uid for d in segments.values()}) == 3 and segments["heart"].tracking_id == "medseg heart"
     algorithm = segments["spine"].SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmName.startswith("medseg unet CT: liver, spine, heart") and algorithm.AlgorithmVersion
+    network = torch.load(organ_model, weights_only=True)["network"]["name"]  # planned for the model's CT plan
+    assert (
+        algorithm.AlgorithmName.startswith(f"medseg {network} CT: liver, spine, heart") and algorithm.AlgorithmVersion
+    )
     assert segments["spine"].SegmentAlgorithmType == "AUTOMATIC"
     labels = np.asanyarray(nib.load(nifti_path).dataobj)
     np.testing.assert_array_equal(place_frames(seg_path, nifti_path), labels)

@@ -3,7 +3,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.config import PreprocessConfig
-from pipeline.plan import case_fingerprint, median_shape, plan_patch_size, plan_preprocessing
+from pipeline.plan import case_fingerprint, plan_preprocessing
 
 
 def _image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=None) -> sitk.Image:
@@ -66,11 +66,3 @@ def test_a_fixed_window_maps_to_minus_one_one():
     )["intensity"]
     assert (intensity["low"] - intensity["mean"]) / intensity["std"] == -1
     assert (intensity["high"] - intensity["mean"]) / intensity["std"] == 1
-
-
-def test_patch_size_covers_the_median_case_in_network_multiples_within_budget():
-    median = median_shape([_fingerprint((1, 1, 1), (35, 50, 36)), _fingerprint((1, 1, 1), (37, 52, 34))], [1, 1, 1])
-    assert plan_patch_size(median, levels=4) == [40, 56, 40]
-    large = plan_patch_size([400, 400, 300], levels=5, max_voxels=128**3)
-    assert all(s % 16 == 0 for s in large) and np.prod(large) <= 128**3
-    assert median_shape([_fingerprint((0.5, 0.5, 2), (100, 100, 10))], [1, 1, 1]) == [50, 50, 20]

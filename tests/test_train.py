@@ -14,6 +14,7 @@ import torch
 import pipeline.train as training
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import params_yaml
+from pipeline.errors import TrainingError
 from pipeline.model import load_model
 from pipeline.preprocess import preprocess
 from pipeline.split import split
@@ -68,16 +69,6 @@ def test_the_same_params_and_seed_give_the_same_model_with_any_number_of_data_th
     first, second = _weights(prepared / "first" / "model.pt"), _weights(prepared / "second" / "model.pt")
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert _history(prepared / "first").equals(_history(prepared / "second"))
-
-
-def test_amp_trains_in_bfloat16_on_cpus_that_have_it_and_float32_elsewhere(monkeypatch):
-    cpu = torch.device("cpu")
-    assert training.autocast_dtype(False, cpu) is None
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    assert training.autocast_dtype(True, cpu) == torch.bfloat16
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    assert training.autocast_dtype(True, cpu) is None
-    assert training.autocast_dtype(True, torch.device("cuda")) == torch.float16
 
 
 def test_a_run_killed_after_an_epoch_resumes_to_the_same_result(prepared, tiny_params, monkeypatch):
@@ -149,7 +140,7 @@ def test_network_loss_and_schedule_options_train(prepared, tiny_params, options)
     final = _train(prepared, params, "models")
     assert 0 <= final["val_dice_mean"] <= 1
     network, description = load_model(prepared / "models" / "model.pt")
-    assert description["network"]["name"] == params.train.network
+    assert description["network"]["name"] == (params.train.network if params.train.network != "auto" else "unet")
     if params.train.loss_options.ce_weight_end is not None:
         assert list(_history(prepared / "models").ce_weight) == [1.0, 0.0]
 
@@ -236,3 +227,45 @@ def test_torchrun_trains_with_two_cpu_processes_and_one_writer(prepared, tiny_pa
     assert len(runs) == 1 and runs[0].data.params["processes"] == "2", "rank 0 alone logs"
     assert result.stdout.count("final epoch") == 2  # each process reports; only rank 0 wrote files
     assert sorted(p.name for p in (prepared / "models").iterdir()) == ["history.csv", "mlflow_run.json", "model.pt"]
+
+
+def test_a_nan_loss_on_real_data_stops_the_run_keeps_the_last_good_checkpoint_and_writes_no_model(
+    prepared, tiny_params
+):
+    """An absurd learning rate from the second epoch on (a step schedule multiplying it by 1e12) on the real
+    fixture cases: the run stops at the step where the loss or a gradient goes non-finite, naming the epoch
+    and the cases, keeps the first epoch's checkpoint, writes no model and ends FAILED in MLflow."""
+    absurd = _with(tiny_params, epochs=4, schedule="step", step_epochs=1, step_gamma=1e12)
+    with pytest.raises(TrainingError) as stopped:
+        _train(prepared, absurd, "models")
+    message = str(stopped.value)
+    assert "training stopped at epoch" in message and "cases hippocampus_" in message
+    assert "train.learning_rate" in message and "train.amp=false" in message
+    epoch = int(message.split("training stopped at epoch ")[1].split(",")[0])
+    assert epoch >= 2
+    models = prepared / "models"
+    assert not (models / "model.pt").exists()
+    checkpoint = torch.load(models / "checkpoint.pt", weights_only=True)
+    assert checkpoint["progress"]["epoch"] == epoch - 1
+    assert all(torch.isfinite(w).all() for w in checkpoint["network"].values() if w.is_floating_point())
+    run = mlflow.get_run(json.loads((models / "mlflow_run.json").read_text())["run_id"])
+    assert run.info.status == "FAILED" and "training stopped at epoch" in run.data.tags["error"]
+
+
+def test_skipping_non_finite_steps_still_stops_when_nothing_trains(prepared, tiny_params):
+    absurd = _with(tiny_params, epochs=4, schedule="step", step_epochs=1, step_gamma=1e12, nonfinite="skip")
+    with pytest.raises(TrainingError, match="every one of the epoch's"):
+        _train(prepared, absurd, "models")
+    assert not (prepared / "models" / "model.pt").exists()
+
+
+def test_without_an_epoch_count_the_probe_fits_the_epochs_to_the_budget(prepared, tiny_params):
+    budgeted = _with(tiny_params, epochs=None, val_every=None, amp="auto", budget_minutes=0.3)
+    _train(prepared, budgeted, "models")
+    _, description = load_model(prepared / "models" / "model.pt")
+    step_plan = description["step_plan"]
+    history = pd.read_csv(prepared / "models" / "history.csv")
+    assert len(history) == step_plan["epochs"] >= 1
+    assert history.lr.iloc[-1] == pytest.approx(0, abs=1e-9), "the cosine schedule ran to its end"
+    assert "budget" in step_plan["reasons"]["epochs"] and step_plan["reasons"]["precision"]
+    assert description["configuration"]["patch_size"] == [32, 48, 32]

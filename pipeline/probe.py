@@ -1,0 +1,215 @@
+"""A short measured probe of the planned training step, before training: which precision and whether
+to compile (only where they are finite and faster here, for this plan), and how many epochs fit the
+time budget with the learning-rate schedule run to its end.
+
+The probe trains on the network itself for a few steps, then puts its weights and the random state
+back, so that training starts from the same weights whatever the probe did.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.errors import TrainingError
+from pipeline.step import NonFiniteStep, autocast_dtype, training_step
+
+WARMUP_STEPS, TIMED_STEPS = 2, 8
+FASTER = 0.95  # a variant must take at most this share of the other's step time to be chosen
+VALIDATION_SHARE = 0.05  # of the training time, when val_every is planned
+MIN_COMPILE_SECONDS = 20  # inductor compiles a U-Net's step in no less, even from a warm cache
+MARGIN = 0.97  # of the time left, for what the probe cannot see (the first epoch's recompilation, logging)
+
+
+@dataclass
+class StepPlan:
+    """What the probe chose and measured; kept in the checkpoint so that a resumed run does not probe again."""
+
+    precision: str
+    compiled: bool
+    step_seconds: float
+    validation_seconds: float
+    epochs: int
+    val_every: int
+    reasons: dict[str, str]
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return None if self.precision == "float32" else getattr(torch, self.precision)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _time_steps(step_network, batches: Iterator[dict], loss_function, optimizer, scaler, precision) -> float | None:
+    """Median seconds of a step (fetching its batch included), or None when a step was not finite."""
+    seconds = []
+    for _ in range(WARMUP_STEPS + TIMED_STEPS):
+        started = time.perf_counter()
+        try:
+            training_step(step_network, next(batches), loss_function, optimizer, scaler, precision)
+        except NonFiniteStep:
+            return None
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds[WARMUP_STEPS:])
+
+
+class _Prober:
+    """Times variants of the step on the network, each from the same starting weights."""
+
+    def __init__(self, network, batches: Iterator[dict], loss_function, make_optimizer, device: torch.device):
+        self.network, self.batches, self.loss_function = network, batches, loss_function
+        self.make_optimizer, self.device = make_optimizer, device
+        self.weights = copy.deepcopy(network.state_dict())
+
+    def time(self, precision: torch.dtype | None, compiled: bool) -> tuple[float | None, float]:
+        """Seconds per step (None: not finite), and the seconds the first call took (compilation)."""
+        self.network.load_state_dict(self.weights)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=precision == torch.float16)
+        optimizer = self.make_optimizer(self.network.parameters())
+        step_network = torch.compile(self.network) if compiled else self.network
+        started = time.perf_counter()
+        try:
+            training_step(step_network, next(self.batches), self.loss_function, optimizer, scaler, precision)
+        except NonFiniteStep:
+            return None, time.perf_counter() - started
+        first = time.perf_counter() - started
+        return _time_steps(step_network, self.batches, self.loss_function, optimizer, scaler, precision), first
+
+    def restore(self) -> None:
+        self.network.load_state_dict(self.weights)
+
+
+def _choose_precision(
+    prober: _Prober, config: TrainConfig, device: torch.device
+) -> tuple[torch.dtype | None, float, str]:
+    reduced = autocast_dtype(True, device)
+    if config.amp is False or reduced is None:
+        seconds, _ = prober.time(None, False)
+        why = "amp is off" if config.amp is False else f"this {device.type} has no fast reduced precision"
+        return None, seconds or math.nan, why
+    reduced_s, _ = prober.time(reduced, False)
+    if config.amp is True:
+        return reduced, reduced_s or math.nan, "amp is on (params)"
+    full_s, _ = prober.time(None, False)
+    name = str(reduced).removeprefix("torch.")
+    if reduced_s is None:
+        return None, full_s or math.nan, f"{name} gave a non-finite loss or gradient in the probe"
+    if full_s is not None and reduced_s > FASTER * full_s:
+        return None, full_s, f"{name} was not faster ({reduced_s * 1e3:.0f} against {full_s * 1e3:.0f} ms a step)"
+    return (
+        reduced,
+        reduced_s,
+        f"{name}: {reduced_s * 1e3:.0f} ms a step against float32's "
+        + (f"{full_s * 1e3:.0f} ms" if full_s is not None else "non-finite"),
+    )
+
+
+def _choose_compile(
+    prober: _Prober, config: TrainConfig, precision, plain_s: float, run_s: float
+) -> tuple[bool, float, str]:
+    """``run_s``: what the run's steps take uncompiled; compiling must save more than it costs."""
+    if config.compile is False:
+        return False, plain_s, "compile is off"
+    if config.compile == "auto" and run_s * (1 - FASTER) < MIN_COMPILE_SECONDS:
+        return False, plain_s, f"not worth it: the run's steps take about {run_s:.0f} s"
+    compiled_s, compile_s = prober.time(precision, True)
+    if config.compile is True:
+        return True, compiled_s or plain_s, "compile is on (params)"
+    if compiled_s is None:
+        return False, plain_s, "the compiled step gave a non-finite loss or gradient in the probe"
+    saved = (plain_s - compiled_s) * run_s / plain_s
+    if compiled_s > FASTER * plain_s or saved < compile_s:
+        return (
+            False,
+            plain_s,
+            (
+                f"not worth it: {compiled_s * 1e3:.0f} against {plain_s * 1e3:.0f} ms a step, "
+                f"{compile_s:.0f} s to compile, about {saved:.0f} s saved over the run"
+            ),
+        )
+    return (
+        True,
+        compiled_s,
+        f"{compiled_s * 1e3:.0f} against {plain_s * 1e3:.0f} ms a step, {compile_s:.0f} s to compile",
+    )
+
+
+def plan_step(
+    config: TrainConfig,
+    network,
+    batches: Iterator[dict],
+    loss_function,
+    make_optimizer: Callable,
+    validate: Callable[[], object],
+    steps_per_epoch: int,
+    seconds_left: Callable[[], float],
+    agree: Callable[[float], float] = float,
+) -> StepPlan:
+    """Probe the step and plan the epochs. ``agree`` makes every torchrun process take rank 0's numbers."""
+    fixed = isinstance(config.amp, bool) and isinstance(config.compile, bool) and config.epochs and config.val_every
+    if fixed:  # nothing to choose or measure
+        precision = autocast_dtype(config.amp, next(network.parameters()).device)
+        return _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, {})
+    device = next(network.parameters()).device
+    rng = torch.get_rng_state()
+    prober = _Prober(network, batches, loss_function, make_optimizer, device)
+    precision, step_s, precision_why = _choose_precision(prober, config, device)
+    if not math.isfinite(step_s):
+        prober.restore()
+        raise TrainingError(
+            "the first training steps already give a NaN or infinite loss or gradient (in the probe, before "
+            f"training): check the data, or lower train.learning_rate (now {config.learning_rate:g})"
+        )
+    run_s = config.epochs * steps_per_epoch * step_s if config.epochs else seconds_left()
+    compiled, step_s, compile_why = _choose_compile(prober, config, precision, step_s, run_s)
+    prober.restore()
+    started = time.perf_counter()
+    validate()
+    validation_s = agree(time.perf_counter() - started)
+    torch.set_rng_state(rng)
+    step_s, compiled = agree(step_s), bool(agree(float(compiled)))
+    precision = {0.0: None, 1.0: torch.bfloat16, 2.0: torch.float16}[agree(_code(precision))]
+    reasons = {"precision": precision_why, "compile": compile_why}
+    return _epochs(config, precision, compiled, step_s, validation_s, steps_per_epoch, seconds_left(), reasons)
+
+
+def _code(precision: torch.dtype | None) -> float:
+    return {None: 0.0, torch.bfloat16: 1.0, torch.float16: 2.0}[precision]
+
+
+def _epochs(
+    config: TrainConfig,
+    precision,
+    compiled: bool,
+    step_s: float,
+    validation_s: float,
+    steps_per_epoch: int,
+    seconds_left: float,
+    reasons: dict[str, str],
+) -> StepPlan:
+    epoch_s = steps_per_epoch * step_s
+    val_every = config.val_every or max(1, math.ceil(validation_s / (VALIDATION_SHARE * epoch_s)))
+    if config.epochs:
+        epochs, why = config.epochs, "params"
+    else:
+        fitted = MARGIN * seconds_left / (epoch_s + validation_s / val_every)
+        epochs = max(1, int(fitted)) if math.isfinite(fitted) else 1
+        why = (
+            f"{config.budget_minutes:g} minutes' budget, {seconds_left / 60:.1f} left after the probe: "
+            f"{steps_per_epoch} steps of {step_s * 1e3:.0f} ms an epoch, a validation of {validation_s:.1f} s"
+        )
+    reasons = {
+        **reasons,
+        "epochs": why,
+        "val_every": "params" if config.val_every else f"validation kept near {VALIDATION_SHARE:.0%} of the time",
+    }
+    name = "float32" if precision is None else str(precision).removeprefix("torch.")
+    return StepPlan(name, compiled, step_s, validation_s, epochs, val_every, reasons)

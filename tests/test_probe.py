@@ -1,0 +1,72 @@
+import itertools
+
+import pytest
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.errors import TrainingError
+from pipeline.probe import plan_step
+
+
+def _network():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
+
+
+def _batches(drawn):
+    for _ in itertools.count():
+        drawn.append(1)
+        yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
+
+
+def _loss(output, label):
+    return torch.nn.functional.cross_entropy(output, label[:, 0].long())
+
+
+def _plan(config, network, drawn, loss=_loss, seconds_left=60.0):
+    validations = []
+    plan = plan_step(
+        config,
+        network,
+        _batches(drawn),
+        loss,
+        lambda parameters: torch.optim.AdamW(parameters, lr=1e-3),
+        lambda: validations.append(1),
+        steps_per_epoch=5,
+        seconds_left=lambda: seconds_left,
+    )
+    return plan, validations
+
+
+def test_nothing_is_probed_when_params_fix_every_choice():
+    drawn = []
+    plan, validations = _plan(TrainConfig(amp=False, compile=False, epochs=7, val_every=2), _network(), drawn)
+    assert not drawn and not validations
+    assert (plan.precision, plan.compiled, plan.epochs, plan.val_every) == ("float32", False, 7, 2)
+
+
+def test_the_probe_leaves_the_weights_and_the_random_state_as_they_were():
+    network, drawn = _network(), []
+    weights = {k: v.clone() for k, v in network.state_dict().items()}
+    rng = torch.get_rng_state()
+    plan, validations = _plan(TrainConfig(), network, drawn)
+    assert drawn and validations == [1]
+    assert all(torch.equal(weights[k], v) for k, v in network.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert plan.precision in ("float32", "bfloat16") and not plan.compiled
+    assert "not worth it" in plan.reasons["compile"], "a run of seconds is never compiled"
+
+
+def test_the_epochs_fill_the_budget_with_the_schedule_complete():
+    plan, _ = _plan(TrainConfig(), _network(), [], seconds_left=30.0)
+    epoch_s = 5 * plan.step_seconds
+    assert plan.epochs * (epoch_s + plan.validation_seconds / plan.val_every) <= 30.0
+    assert (plan.epochs + 2) * (epoch_s + plan.validation_seconds / plan.val_every) > 30.0 * 0.97
+    assert "budget" in plan.reasons["epochs"]
+    fixed, _ = _plan(TrainConfig(epochs=3), _network(), [])
+    assert fixed.epochs == 3 and fixed.reasons["epochs"] == "params"
+
+
+def test_a_loss_that_is_nan_from_the_first_steps_stops_before_training():
+    with pytest.raises(TrainingError, match="first training steps already give a NaN"):
+        _plan(TrainConfig(), _network(), [], loss=lambda output, label: _loss(output, label) * float("nan"))
