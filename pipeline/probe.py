@@ -120,7 +120,12 @@ def _choose_compile(
         return False, plain_s, "compile is off"
     if config.compile == "auto" and run_s * (1 - FASTER) < MIN_COMPILE_SECONDS:
         return False, plain_s, f"not worth it: the run's steps take about {run_s:.0f} s"
-    compiled_s, compile_s = prober.time(precision, True)
+    try:
+        compiled_s, compile_s = prober.time(precision, True)
+    except Exception as err:  # inductor needs a C++ compiler, and fails in many ways without one
+        if config.compile is True:
+            raise
+        return False, plain_s, f"compilation failed here ({err.__class__.__name__}: {str(err)[:200]})"
     if config.compile is True:
         return True, compiled_s or plain_s, "compile is on (params)"
     if compiled_s is None:
@@ -157,7 +162,8 @@ def plan_step(
     fixed = isinstance(config.amp, bool) and isinstance(config.compile, bool) and config.epochs and config.val_every
     if fixed:  # nothing to choose or measure
         precision = autocast_dtype(config.amp, next(network.parameters()).device)
-        return _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, {})
+        reasons = {"precision": f"amp is {config.amp} (params)", "compile": f"compile is {config.compile} (params)"}
+        return _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, reasons)
     device = next(network.parameters()).device
     rng = torch.get_rng_state()
     prober = _Prober(network, batches, loss_function, make_optimizer, device)

@@ -95,14 +95,15 @@ def _patch_size(config: TrainConfig, planned: list[int], depth: int) -> list[int
 def validation_dice(
     network: torch.nn.Module, loader: DataLoader, description: dict[str, Any], device: torch.device
 ) -> torch.Tensor:
-    """Mean Dice per foreground class over the loader's cases."""
+    """Mean Dice per foreground class over the loader's cases. The scores stay on ``device``: under torchrun
+    MONAI's metric gathers them from every process, and NCCL gathers CUDA tensors only."""
     n_classes = description["network"]["out_channels"]
     metric = DiceMetric(include_background=False, reduction="mean_batch")
     network.eval()
     for batch in loader:
         logits = sliding_window_logits(network, batch["image"].to(device), description)
         prediction = one_hot(torch.argmax(logits, dim=1, keepdim=True), n_classes)
-        metric(prediction.cpu(), one_hot(batch["label"].long(), n_classes))
+        metric(prediction, one_hot(batch["label"].to(device).long(), n_classes))
     network.train()
     return metric.aggregate().cpu()
 

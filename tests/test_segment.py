@@ -1,11 +1,18 @@
+import json
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
+from pipeline.config import Params
+from pipeline.model import build_network, describe, save_model
+from pipeline.network_plan import plan_experiment
 from pipeline.segment import InputError, find_sources, segment
 from pipeline.volumes import convert, read_image
-from tests.conftest import HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volume
+from tests.conftest import FIXTURES, HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volume
 
 
 def test_output_has_the_input_name_shape_affine_and_uint8(untrained_model, tmp_path):
@@ -114,3 +121,38 @@ def test_an_nrrd_input_gets_its_probabilities_as_vector_pixels_on_its_grid(untra
     np.testing.assert_allclose(written.GetDirection(), source.GetDirection())
     totals = sitk.GetArrayViewFromImage(written).sum(axis=-1, dtype=int)
     assert totals.min() >= 253 and totals.max() <= 257
+
+
+NODULES = FIXTURES / "lung_nodules" / "imagesTr"
+
+
+@pytest.fixture
+def nodule_model(tmp_path) -> Path:
+    """An untrained model with the configuration planned for the lung nodules (48x48x7 patches at 0.70 x 0.70 x
+    1.25 mm, not pooled along z), and a CT plan: what training would write, weights aside."""
+    fingerprints = list(json.loads((FIXTURES / "fingerprints" / "lung_nodules.json").read_text()).values())
+    spacing = [0.703125, 0.703125, 1.25]
+    configuration = plan_experiment(fingerprints, spacing, 3)["configurations"]["3d"]
+    plan = {
+        "orientation": "RAS",
+        "spacing": spacing,
+        "crop_foreground": True,
+        "intensity": {"scheme": "clip_zscore", "low": -925.0, "high": 1671.0, "mean": -257.0, "std": 381.0},
+    }
+    params = Params()
+    labels = {"0": "background", "1": "nodule"}
+    description = describe(params, labels, "CT", plan, configuration["patch_size"], configuration=configuration)
+    torch.manual_seed(0)
+    path = tmp_path / "nodules.pt"
+    save_model(path, build_network(description["network"]), description)
+    return path
+
+
+@pytest.mark.parametrize("case", ["LIDC-IDRI-0005_R_1", "LIDC-IDRI-0001_R_1"], ids=["2-slices", "11-slices"])
+def test_nodule_labels_land_on_each_inputs_own_grid_even_thinner_than_the_patch(nodule_model, tmp_path, case):
+    source = NODULES / f"{case}.nii.gz"
+    assert segment([source], tmp_path / "out", nodule_model) == []
+    written, original = nib.load(tmp_path / "out" / source.name), nib.load(source)
+    assert written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
+    assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1}
