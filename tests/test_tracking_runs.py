@@ -14,7 +14,7 @@ from pipeline.split import split
 def prepared(hippocampus, tiny_params, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # a tiny training lasts about a second
     preprocess(hippocampus, tmp_path / "prep", tiny_params.data, tiny_params.preprocess)
     split(tmp_path / "prep" / "manifest.csv", tmp_path / "split.json", tiny_params.split, tiny_params.seed)
     return tmp_path

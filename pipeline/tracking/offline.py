@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -50,7 +51,6 @@ APPEND_LOCK = ".append.lock"  # held to append a line or keep a file, and to han
 SYNC_LOCK = ".sync.lock"  # held by the one sync of a folder
 TAKEN = ".taken"  # a pending file handed over to sync: the writer's next line starts a new one
 BATCH = 100  # MLflow's limit of params per log_batch
-SYSTEM_METRICS_INTERVAL_S = 10.0  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
 
 
 def _now_ms() -> int:
@@ -104,8 +104,6 @@ def _send(client: MlflowClient, run_id: str, op: dict[str, Any], files: Path) ->
         source = files / op["file"] if not Path(op["file"]).is_absolute() else Path(op["file"])
         client.log_artifact(run_id, str(source), op.get("artifact_path"))
     elif kind == "dataset":
-        import mlflow.data
-
         frame = pd.read_csv(files / op["file"], dtype={"case_id": str})
         context = InputTag("mlflow.data.context", op["context"])
         with warnings.catch_warnings():  # MLflow's hints about schema inference do not apply to a case table
@@ -127,7 +125,7 @@ class RunLog:
         self.uri = configure()
         self.client = MlflowClient(self.uri)
         self.online = True
-        self._monitor = None
+        self._sampling = False  # MLflow's system metrics sampler runs for this run
         self._last_step = 0  # the last epoch logged, recorded on a run that dies
         if run_id:
             run_id = _synced(self.pending_dir).get(run_id, run_id)
@@ -229,32 +227,32 @@ class RunLog:
         relative = self._keep(f"{name}.csv", lambda target: table.to_csv(target, index=False))
         self._append({**op, "file": relative})
 
-    def start_system_metrics(self, resumed: bool = False, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> None:
-        """MLflow's sampler of CPU, memory, disk, network (and GPU) into ``system/*`` metrics, while online."""
+    def start_system_metrics(self, resumed: bool = False) -> None:
+        """MLflow's sampler of CPU, memory, disk, network (and GPU) into ``system/*`` metrics, every 10 s
+        (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``), while online. MLflow's public way to it is a fluent run with
+        ``log_system_metrics``; MLflow continues a ``resumed`` run's steps by itself."""
         if not self.online:
             return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        try:
+            mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
+            self._sampling = True
+        except Exception as err:  # another fluent run in this thread, or the store: the run goes on without them
+            log.warning("no system metrics for run %s: %s", self.run_id, describe_error(err)[:300])
 
-        self._monitor = SystemMetricsMonitor(
-            self.run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=self.uri
-        )
-        self._monitor.start()
-
-    def _stop_system_metrics(self) -> None:
-        """Flush the sampler's last samples; a run shorter than one interval still gets one sample. Offline, the
-        sampler's own thread stops at its next look at the run, which fails."""
-        if self._monitor is not None and self.online:
-            self._monitor.finish()
-            logged: dict[str, float] = {}
-            if self._sent(lambda: logged.update(self.client.get_run(self.run_id).data.metrics), "a look at the run"):
-                if not any(name.startswith("system/") for name in logged):
-                    self._monitor.collect_metrics()
-                    self.log_metrics({f"system/{k}": v for k, v in self._monitor.aggregate_metrics().items()})
-        self._monitor = None
+    def _stop_system_metrics(self, status: str) -> None:
+        """End the fluent run, which flushes the sampler's last samples. Offline, MLflow takes the run off this
+        thread's stack before it fails to reach the server, and the sampler's thread stops at its next failed look."""
+        if not self._sampling:
+            return
+        self._sampling = False
+        try:
+            mlflow.end_run(status)
+        except Exception as err:  # the server is away: the end status is kept with the rest
+            log.debug("MLflow's end of run %s failed: %s", self.run_id, describe_error(err)[:300])
 
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
         """Close the run; one that died records its error and the last epoch it logged (kept for sync offline)."""
-        self._stop_system_metrics()
+        self._stop_system_metrics(status)
         if error is not None:
             self.set_tags({ERROR_TAG: describe_error(error), LAST_EPOCH_TAG: self._last_step})
         self._log({"op": "end", "status": status, "end_time": _now_ms()})
