@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="NAME=HISTORY.csv")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--target", type=float, default=0.89, help="a horizontal line to reach")
+    parser.add_argument("--ylim", type=float, nargs=2, default=(0.75, 0.91), metavar=("LOW", "HIGH"))
     args = parser.parse_args()
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     for run in args.runs:
@@ -31,7 +32,7 @@ def main() -> None:
         history = pd.read_csv(path).dropna(subset=["val_dice_mean"])
         axes.plot(history.minutes, history.val_dice_mean, marker="o", markersize=3, label=name)
     axes.axhline(args.target, color="grey", linestyle="--", linewidth=1, label=f"target {args.target}")
-    axes.set(xlabel="minutes of training (2 CPU cores)", ylabel="mean validation Dice", ylim=(0.75, 0.91))
+    axes.set(xlabel="minutes of training (2 CPU cores)", ylabel="mean validation Dice", ylim=tuple(args.ylim))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
