@@ -246,3 +246,18 @@ def test_a_hand_moved_alias_survives_a_worse_model_and_yields_to_a_better_compar
     assert champion.run_id == better_run
     why = client.get_registered_model("medseg-hippocampus").tags["alias.champion.why"]
     assert f"beats version {worse_version.version}'s" in why
+
+
+def test_a_model_with_non_finite_weights_is_never_registered(registry):
+    root, *_ = registry
+    network, description = load_model(root / "trained" / "model.pt")
+    with torch.no_grad():
+        next(network.parameters()).fill_(float("nan"))
+    run = RunLog(root / "nan" / "mlflow_pending", "medseg")
+    client = mlflow.MlflowClient()
+    before = len(client.search_model_versions("name='medseg-hippocampus'"))
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        registry_module.register(
+            run, network, root / "trained" / "model.pt", description["patch_size"], "medseg-hippocampus", 0.99, {}
+        )
+    assert len(client.search_model_versions("name='medseg-hippocampus'")) == before

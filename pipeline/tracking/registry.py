@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import MedsegError, ModelError
+from pipeline.model import check_finite
 from pipeline.tracking.offline import RunLog
 from pipeline.tracking.provenance import key_digest
 from pipeline.tracking.runs import configure, describe_error
@@ -278,8 +279,10 @@ def register(
 ) -> Decision | None:
     """Record an evaluation of the run's model under ``name``: the version of this run and model file (registered at
     its first evaluation) gets the score and comparison ``key`` and an ``evaluation.<ms>`` record, then the aliases
-    settle. ``evaluated_at`` (ms) names the record, so that a deferred registration replayed twice writes it once."""
+    settle. ``evaluated_at`` (ms) names the record, so that a deferred registration replayed twice writes it once.
+    A model with a NaN or infinite weight is refused (ModelError) before anything is registered."""
     evaluated_at = evaluated_at or int(time.time() * 1000)
+    check_finite(network.state_dict(), model_file)
     if not run.online:
         log.warning("%s not registered yet: the tracking server did not answer; `medseg runs sync` will", name)
         run.set_tags({"registry.decision": "deferred: the tracking server did not answer; registered by sync"})
