@@ -248,11 +248,45 @@ def segment(
             "--probabilities", help="Also write OUTPUT/<name>_probabilities: uint8 class probabilities x 255."
         ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local: one process, here; ray: Ray workers, resumable, with OUTPUT/manifest.csv (extra 'cluster')."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: join this cluster (auto, or ray://HOST:PORT) instead of starting a Ray here."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="--engine ray: workers, each loading the model once.")] = 2,
+    threads_per_worker: Annotated[int, typer.Option(min=1, help="--engine ray: CPU threads of each worker.")] = 1,
+    gpus_per_worker: Annotated[
+        float, typer.Option(min=0, help="--engine ray: GPUs of each worker (0.5: two share one).")
+    ] = 0,
+    keep_other_models: Annotated[
+        bool,
+        typer.Option(help="--engine ray: keep outputs that an earlier run wrote with another model (default: redo)."),
+    ] = False,
 ) -> None:
-    """Write OUTPUT/<input name>: a uint8 label map on exactly the input's grid (or a DICOM SEG, --format)."""
-    from pipeline.segment import segment as run
+    """Write OUTPUT/<input name>: a label map on exactly the input's grid (or a DICOM SEG, --format), in the smallest
+    integer type that holds the model's label values."""
+    if engine == "ray":
+        from pipeline.bulk import Cluster, Options, segment_bulk
 
-    failures = run(inputs, output, model, series, output_format, tta, probabilities)
+        cluster = Cluster(address, workers, threads_per_worker, gpus_per_worker)
+        options = Options(output_format, tta, probabilities)
+        summary = segment_bulk(inputs, output, model, series, options, cluster, keep_other_models)
+        failures = summary.failures
+        typer.echo(
+            f"{summary.done} segmented, {summary.skipped} skipped (finished earlier"
+            f"{'' if keep_other_models else ' with this model'}), {len(failures)} failed; manifest: {summary.manifest}"
+        )
+    elif engine == "local":
+        from pipeline.segment import segment as run
+
+        failures = run(inputs, output, model, series, output_format, tta, probabilities)
+    else:
+        raise typer.BadParameter(f"{engine}: choose local or ray", param_hint="--engine")
     for path, reason in failures:
         typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
     if failures:

@@ -8,8 +8,10 @@ gives a label map of the same name and format; a DICOM series gives ``<folder>.n
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -66,13 +68,22 @@ def find_sources(inputs: list[Path], series: str | None = None) -> list[Source]:
     return sources
 
 
+def label_dtype(label_values: list[int]) -> np.dtype:
+    """The smallest integer type that holds every label value: uint8 for the usual 0..K-1, wider (or signed)
+    where the training data used values that uint8 would wrap."""
+    low, high = min(label_values), max(label_values)
+    types = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64)
+    return next(np.dtype(t) for t in types if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
+
+
 def write_label_map(labels: np.ndarray, source: Source, reference: sitk.Image, path: Path) -> None:
-    """NIfTI input: the input's own header; any other input: its geometry, through SimpleITK."""
+    """NIfTI input: the input's own header; any other input: its geometry, through SimpleITK. Stored in
+    ``labels``' own integer type."""
     with atomic_path(path) as tmp:
         if is_nifti(source.path):
             original = nib.load(source.path)
             header = original.header.copy()
-            header.set_data_dtype(np.uint8)
+            header.set_data_dtype(labels.dtype)
             header.set_slope_inter(1, 0)
             image = nib.Nifti1Image(labels, original.affine, header)
             image.header.set_intent("label")
@@ -108,7 +119,7 @@ def write_probabilities(probabilities: np.ndarray, source: Source, reference: si
             sitk.WriteImage(result, str(tmp), useCompression=True)
 
 
-def _check_format(sources: list[Source], output_format: str) -> None:
+def check_format(sources: list[Source], output_format: str) -> None:
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     not_dicom = [str(s.path) for s in sources if s.dicom is None]
@@ -117,6 +128,74 @@ def _check_format(sources: list[Source], output_format: str) -> None:
             f"--format {output_format}: a DICOM SEG references the DICOM series it segments, and these inputs"
             f" are not DICOM series: {', '.join(not_dicom)} (segment them with --format nifti)"
         )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    network: torch.nn.Module
+    description: dict[str, Any]
+    device: torch.device
+    path: Path  # the file itself, never an MLflow URI: a SEG names its weights' hash
+
+
+def open_model(model_path: Path | str) -> LoadedModel:
+    """The model on this process's device (CUDA when there is one), an MLflow URI downloaded first."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(model_path).startswith(("models:/", "runs:/")):
+        from pipeline.tracking.registry import download_model_file
+
+        model_path = download_model_file(str(model_path))
+    network, description = load_model(model_path, device)
+    return LoadedModel(network, description, device, Path(model_path))
+
+
+def seg_path(source: Source, out_dir: Path) -> Path:
+    return Path(out_dir) / source.output_name.replace(".nii.gz", ".dcm")
+
+
+def output_paths(
+    source: Source, out_dir: Path, output_format: str = "nifti", probabilities: bool = False
+) -> list[Path]:
+    """The files that segmenting ``source`` writes, in the order ``segment_case`` writes them."""
+    paths = [probabilities_path(source, out_dir)] if probabilities else []
+    if output_format in ("nifti", "both"):
+        paths.append(Path(out_dir) / source.output_name)
+    if output_format in ("dicom-seg", "both"):
+        paths.append(seg_path(source, out_dir))
+    return paths
+
+
+def segment_case(
+    source: Source,
+    out_dir: Path,
+    model: LoadedModel,
+    output_format: str = "nifti",
+    tta: bool = False,
+    probabilities: bool = False,
+    network_lock: AbstractContextManager | None = None,
+) -> list[Path]:
+    """Segment one input with a loaded model and write its files (``output_paths``); raises MedsegError for an
+    input that cannot be segmented. ``network_lock`` is held while the network runs, so that a worker segmenting
+    two cases at once reads and writes one while the network runs on the other."""
+    reference = read_image(source.path, source.series)
+    image = to_metatensor(reference)
+    with network_lock or nullcontext():
+        if probabilities:
+            classes, class_probabilities = predict_with_probabilities(
+                model.network, model.description, image, model.device, tta
+            )
+        else:
+            classes, class_probabilities = predict(model.network, model.description, image, model.device, tta), None
+    del image
+    label_values = model.description["label_values"]
+    if class_probabilities is not None:
+        write_probabilities(class_probabilities, source, reference, probabilities_path(source, out_dir))
+    if output_format in ("nifti", "both"):
+        labels = np.asarray(label_values, dtype=label_dtype(label_values))[classes]
+        write_label_map(labels, source, reference, Path(out_dir) / source.output_name)
+    if output_format in ("dicom-seg", "both"):
+        write_segmentation(classes, source.dicom, model.description, model.path, seg_path(source, out_dir))
+    return output_paths(source, out_dir, output_format, probabilities)
 
 
 def segment(
@@ -133,35 +212,12 @@ def segment(
     segment numbers are the class indices 1..K-1 (DICOM numbers segments from 1). ``tta``: mirroring
     test-time augmentation; ``probabilities``: also write the class probabilities (``write_probabilities``)."""
     sources = find_sources(inputs, series)
-    _check_format(sources, output_format)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(model_path).startswith(("models:/", "runs:/")):  # the file itself: a SEG names its weights' hash
-        from pipeline.tracking.registry import download_model_file
-
-        model_path = download_model_file(str(model_path))
-    network, description = load_model(model_path, device)
+    check_format(sources, output_format)
+    model = open_model(model_path)
     failures: list[tuple[Path, str]] = []
     for source in tqdm(sources, desc="segmenting", unit="volume"):
         try:
-            reference = read_image(source.path, source.series)
-            image = to_metatensor(reference)
-            if probabilities:
-                classes, class_probabilities = predict_with_probabilities(network, description, image, device, tta)
-            else:
-                classes, class_probabilities = predict(network, description, image, device, tta), None
-            del image
-            labels = np.asarray(description["label_values"], dtype=np.uint8)[classes]
+            segment_case(source, out_dir, model, output_format, tta, probabilities)
         except MedsegError as err:
             failures.append((source.path, str(err)))
-            continue
-        if class_probabilities is not None:
-            write_probabilities(class_probabilities, source, reference, probabilities_path(source, out_dir))
-        if output_format in ("nifti", "both"):
-            write_label_map(labels, source, reference, Path(out_dir) / source.output_name)
-        if output_format in ("dicom-seg", "both"):
-            seg_path = Path(out_dir) / source.output_name.replace(".nii.gz", ".dcm")
-            try:
-                write_segmentation(classes, source.dicom, description, model_path, seg_path)
-            except MedsegError as err:
-                failures.append((source.path, str(err)))
     return failures

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtual environment $VENV (once) and install into it: torch first, in the build that fits
-# this machine, then the project with its test extra. Installing the project first would pull PyPI's
-# default torch, on Linux the CUDA build with GBs of NVIDIA packages, even on a machine without a GPU.
+# this machine, then the project with its test and cluster (Ray) extras. Installing the project first
+# would pull PyPI's default torch, on Linux the CUDA build with GBs of NVIDIA packages, even on a machine
+# without a GPU.
 # Called by the Makefile; TORCH_INDEX=URL installs torch from that index instead (e.g. another CUDA).
 set -euo pipefail
 
@@ -46,5 +47,5 @@ fi
 echo "== medseg and its dependencies (versions from constraints.txt)"
 # the versions a fresh install resolved and the tests passed with: pip backtracked for many minutes
 # without them (the AWS libraries that the S3 test server and the DVC S3 remote pull in disagree)
-"${pip[@]}" install -c constraints.txt -e ".[test]"
+"${pip[@]}" install -c constraints.txt -e ".[test,cluster]"
 "$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "CUDA available:", torch.cuda.is_available())'
