@@ -166,11 +166,15 @@ def _start_ray(cluster: Cluster):
     except ImportError:
         raise InputError('--engine ray needs Ray: pip install -e ".[cluster]"') from None
     if cluster.address is None:
-        # only paths and manifest rows travel through the object store: a small one will do
+        # "local": a Ray of its own even where RAY_ADDRESS or an earlier `ray start` names a cluster; only paths
+        # and manifest rows travel through its object store, so a small one will do
         cpus = cluster.workers * cluster.threads_per_worker
-        ray.init(num_cpus=cpus, object_store_memory=200 * 2**20, include_dashboard=False)
+        ray.init(address="local", num_cpus=cpus, object_store_memory=200 * 2**20, include_dashboard=False)
     else:
-        ray.init(address=cluster.address)
+        try:
+            ray.init(address=cluster.address)
+        except ConnectionError as err:
+            raise InputError(f"--address {cluster.address}: no Ray cluster there ({err})") from None
     return ray
 
 

@@ -287,8 +287,8 @@ def segment(
         failures = run(inputs, output, model, series, output_format, tta, probabilities)
     else:
         raise typer.BadParameter(f"{engine}: choose local or ray", param_hint="--engine")
-    for path, reason in failures:
-        typer.secho(f"failed: {path}: {reason}", fg="red", err=True)
+    for path, reason in failures:  # most reasons already begin with the file they name
+        typer.secho(f"failed: {reason if reason.startswith(str(path)) else f'{path}: {reason}'}", fg="red", err=True)
     if failures:
         raise typer.Exit(1)
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.bulk import MANIFEST, file_digest
+from pipeline.bulk import MANIFEST, file_digest, is_finished
 from pipeline.cli import app
 from pipeline.model import build_network, describe, save_model
 from pipeline.segment import label_dtype, segment
@@ -45,15 +45,6 @@ def manifest(out: Path) -> dict[str, dict[str, str]]:
 
 def labels_of(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj)
-
-
-def copies(folder: Path, times: int) -> Path:
-    """The six fixture cases ``times`` over, under names of their own: more cases than workers."""
-    folder.mkdir(parents=True)
-    for k in range(times):
-        for case in CASES:
-            shutil.copy(case, folder / f"{k}_{case.name}")
-    return folder
 
 
 def test_labels_get_the_smallest_integer_type_that_holds_their_values(tiny_params, tmp_path):
@@ -111,7 +102,8 @@ def test_unreadable_inputs_fail_with_their_reasons_and_the_others_finish(ray, un
     }
     for name in ("truncated.nii.gz", "notes.nii.gz"):
         assert rows[name]["error"].startswith(str(inputs / name)), rows[name]["error"]
-        assert f"failed: {inputs / name}" in result.output
+        assert f"failed: {inputs / name}: " in result.output
+        assert f"{inputs / name}: {inputs / name}" not in result.output
         assert not (tmp_path / "out" / name).exists()
     assert "truncated or corrupt" in rows["truncated.nii.gz"]["error"]
 
@@ -138,6 +130,9 @@ def test_a_second_run_skips_what_is_finished_and_redoes_a_deleted_output_alone(r
         stream.write(b"\0")
     kept = run_segment(IMAGES, "-o", tmp_path / "out", "-m", other, "--engine", "ray", "--keep-other-models")
     assert kept.exit_code == 0 and "0 segmented, 6 skipped (finished earlier)" in kept.output
+    row = manifest(tmp_path / "out")[CASES[0].name]
+    assert is_finished(row, tmp_path / "out", file_digest(untrained_model))
+    assert not is_finished(row, tmp_path / "out", file_digest(other))  # without --keep-other-models: redone
 
 
 def _kill_first_busy_worker(killed: list[int], stop: threading.Event) -> None:
@@ -156,18 +151,17 @@ def _kill_first_busy_worker(killed: list[int], stop: threading.Event) -> None:
 
 
 def test_a_worker_killed_mid_run_has_its_cases_run_again_and_every_output_written_once(ray, untrained_model, tmp_path):
-    inputs = copies(tmp_path / "in", 2)
     killed, stop = [], threading.Event()
     watcher = threading.Thread(target=_kill_first_busy_worker, args=(killed, stop))
     watcher.start()
     try:
-        result = run_segment(inputs, "-o", tmp_path / "out", "-m", untrained_model, "--engine", "ray", "--workers", 2)
+        result = run_segment(IMAGES, "-o", tmp_path / "out", "-m", untrained_model, "--engine", "ray", "--workers", 2)
     finally:
         stop.set()
         watcher.join()
     assert killed, "no worker was seen segmenting"
     assert result.exit_code == 0, result.output
-    names = sorted(p.name for p in inputs.iterdir())
+    names = [case.name for case in CASES]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*names, MANIFEST])  # no .partial-* left
     rows = manifest(tmp_path / "out")
     assert sorted(rows) == names and {row["status"] for row in rows.values()} == {"done"}
