@@ -83,4 +83,5 @@ def test_batch_dice_scores_the_batch_as_one_volume(name):
     batched = build_loss(name, options)(logits, labels)
     as_one = build_loss(name, options)(torch.cat(list(logits), dim=1)[None], torch.cat(list(labels), dim=1)[None])
     assert batched == pytest.approx(as_one.item(), rel=1e-5)
-    assert build_loss(name, LossConfig(ce_weight=0.0))(logits, labels) != pytest.approx(batched.item(), rel=1e-3)
+    per_patch = LossConfig(batch_dice=False, ce_weight=0.0)
+    assert build_loss(name, per_patch)(logits, labels) != pytest.approx(batched.item(), rel=1e-3)

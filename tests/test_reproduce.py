@@ -15,6 +15,8 @@ def in_smoke_repo(smoke_run, monkeypatch):
     repo, env, run_id = smoke_run
     monkeypatch.chdir(repo)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    # an earlier test in this process may have set MLflow's URI, which outranks the variable
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     return repo, run_id
 
 
