@@ -328,7 +328,7 @@ def _train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, worl
             run.set_tags({"resumed_at_epoch": ",".join(map(str, progress.resumed_at))})
             run.log_metrics({"resumed_at_epoch": progress.epoch}, step=progress.epoch)
         if world.main:
-            run.start_system_metrics(resumed=state is not None)
+            run.start_system_metrics()
             write_json(out_dir / RUN_FILE, {"run_id": run.run_id, "experiment": params.mlflow.experiment})
         while progress.epoch < config.epochs and not progress.stopped:
             record = _epoch(trainer, data, description, progress, world, threads, foreground, checkpoint_path)

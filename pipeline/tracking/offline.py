@@ -227,10 +227,10 @@ class RunLog:
         relative = self._keep(f"{name}.csv", lambda target: table.to_csv(target, index=False))
         self._append({**op, "file": relative})
 
-    def start_system_metrics(self, resumed: bool = False) -> None:
+    def start_system_metrics(self) -> None:
         """MLflow's sampler of CPU, memory, disk, network (and GPU) into ``system/*`` metrics, every 10 s
         (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``), while online. MLflow's public way to it is a fluent run with
-        ``log_system_metrics``; MLflow continues a ``resumed`` run's steps by itself."""
+        ``log_system_metrics``; MLflow continues a resumed run's steps by itself."""
         if not self.online:
             return
         try:
