@@ -17,7 +17,7 @@ from monai.networks.nets import BasicUNet, DynUNet, UNet
 from pipeline.config import Params
 from pipeline.errors import ConfigError, ModelError
 from pipeline.files import atomic_path
-from pipeline.network_plan import channels, for_patch
+from pipeline.network_plan import channels, for_patch, uniform_kernels
 from pipeline.unet_paper import OriginalUNet
 
 MODEL_FORMAT = "medseg-model/1"
@@ -75,7 +75,7 @@ def network_spec(
         spec.update(
             channels=features,
             strides=[list(s) for s in strides[1:]],
-            kernel_size=list(kernels[0]) if all(k == kernels[0] for k in kernels) else 3,
+            kernel_size=list(kernels[0]) if uniform_kernels(kernels) else 3,
             num_res_units=train.num_res_units,
             norm=train.norm,
             dropout=train.dropout,

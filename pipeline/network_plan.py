@@ -110,13 +110,13 @@ def configuration(median: list[float], spacing: list[float], dataset_voxels: flo
     planned = patch_and_topology(median, spacing)
     patch, kernels = planned["patch_size"], planned["kernels"]
     batch, batch_reason = batch_size(patch, dataset_voxels)
-    uniform_kernels = all(k == kernels[0] for k in kernels)
+    uniform = uniform_kernels(kernels)
     thin = _thin(patch)
     return {
         **planned,
         "channels": channels(len(planned["strides"])),
         "batch_size": batch,
-        "network": "unet" if uniform_kernels else "dynunet",
+        "network": _network(kernels),
         "in_plane_augmentation": thin,
         "reasons": {
             "patch_size": f"covers the median case ({' x '.join(f'{m:.0f}' for m in median)} voxels) in multiples "
@@ -127,7 +127,7 @@ def configuration(median: list[float], spacing: list[float], dataset_voxels: flo
             "channels": f"{BASE_FEATURES} features doubling per stage, at most {MAX_FEATURES}",
             "batch_size": batch_reason,
             "network": "MONAI UNet (the same kernel at every stage)"
-            if uniform_kernels
+            if uniform
             else "MONAI DynUNet (kernels differ between stages)",
             "in_plane_augmentation": f"rotation in-plane only: the patch is over {ANISOTROPY:g}x thinner along one axis"
             if thin
@@ -160,6 +160,15 @@ def plan_experiment(fingerprints: list[dict[str, Any]], spacing: list[float], di
     }
 
 
+def uniform_kernels(kernels: list[list[int]]) -> bool:
+    """Whether every stage has the same kernel, as MONAI's UNet needs (DynUNet takes one per stage)."""
+    return all(k == kernels[0] for k in kernels)
+
+
+def _network(kernels: list[list[int]]) -> str:
+    return "unet" if uniform_kernels(kernels) else "dynunet"
+
+
 def _thin(patch: list[int]) -> bool:
     return len(patch) == 3 and max(patch) / min(patch) > ANISOTROPY
 
@@ -172,6 +181,7 @@ def _with_patch(planned: dict[str, Any], patch: list[int], spacing: list[float])
         "patch_size": list(patch),
         **shape,
         "channels": channels(len(shape["strides"])),
+        "network": _network(shape["kernels"]),
         "in_plane_augmentation": _thin(patch),
     }
 
@@ -192,7 +202,7 @@ def resolve(planned: dict[str, Any], config: TrainConfig, spacing: list[float]) 
     resolved, reasons = dict(planned), dict(planned.get("reasons", {}))
     if config.patch_size:
         resolved = _with_patch(resolved, config.patch_size, spacing[: len(config.patch_size)])
-        reasons.update(patch_size="params", strides="planned for the patch of params")
+        reasons.update(patch_size="params", strides="planned for the patch of params", network="planned for it too")
     if config.channels:
         resolved = {**_with_levels(resolved, len(config.channels)), "channels": list(config.channels)}
         reasons["channels"] = "params"
@@ -205,7 +215,5 @@ def resolve(planned: dict[str, Any], config: TrainConfig, spacing: list[float]) 
 
 def for_patch(config: TrainConfig, patch: list[int], spacing: list[float]) -> dict[str, Any]:
     """A configuration from params and a patch alone (no dataset plan): the topology planned for the patch."""
-    base = _with_patch({"batch_size": 2, "network": "unet", "reasons": {}}, patch, spacing[: len(patch)])
-    if len(set(map(tuple, base["kernels"]))) > 1:
-        base["network"] = "dynunet"
+    base = _with_patch({"batch_size": 2, "reasons": {}}, patch, spacing[: len(patch)])
     return resolve(base, config.model_copy(update={"patch_size": None}), spacing)

@@ -159,12 +159,12 @@ def plan_step(
     agree: Callable[[float], float] = float,
 ) -> StepPlan:
     """Probe the step and plan the epochs. ``agree`` makes every torchrun process take rank 0's numbers."""
+    device = next(network.parameters()).device
     fixed = isinstance(config.amp, bool) and isinstance(config.compile, bool) and config.epochs and config.val_every
     if fixed:  # nothing to choose or measure
-        precision = autocast_dtype(config.amp, next(network.parameters()).device)
+        precision = autocast_dtype(config.amp, device)
         reasons = {"precision": f"amp is {config.amp} (params)", "compile": f"compile is {config.compile} (params)"}
         return _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, reasons)
-    device = next(network.parameters()).device
     rng = torch.get_rng_state()
     prober = _Prober(network, batches, loss_function, make_optimizer, device)
     precision, step_s, precision_why = _choose_precision(prober, config, device)
