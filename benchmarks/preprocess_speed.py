@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import DataConfig, PreprocessConfig
-from pipeline.preprocess import preprocess
+from pipeline.data.preprocess import preprocess
 
 
 def _timed(raw: Path, out: Path, workers: int) -> tuple[float, int]:

@@ -45,10 +45,10 @@ def hippocampus(model: Path, prep: Path, split_json: Path, cases: int, tta: bool
     from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
-    from pipeline.dataset import class_indices
-    from pipeline.inference import predict
-    from pipeline.model import load_model
-    from pipeline.volumes import read_image, to_metatensor
+    from pipeline.data.dataset import class_indices
+    from pipeline.data.volumes import read_image, to_metatensor
+    from pipeline.inference.predictor import predict
+    from pipeline.networks.model import load_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model, device)
@@ -77,7 +77,7 @@ def hippocampus(model: Path, prep: Path, split_json: Path, cases: int, tta: bool
 def read_image_array(path: Path):
     import SimpleITK as sitk
 
-    from pipeline.volumes import read_image
+    from pipeline.data.volumes import read_image
 
     return sitk.GetArrayFromImage(read_image(path)).T
 
@@ -99,7 +99,7 @@ def make_ct(target: Path) -> Path:
 def ct_model(target: Path, n_classes: int) -> Path:
     """Untrained and tiny (a DynUNet of 2, 4, 8 features): a CT intensity plan (clip to [-1000, 1000] HU, z-score) at 1.5 mm, 96^3 windows."""
     from pipeline.config import Params
-    from pipeline.model import build_network, describe, save_model
+    from pipeline.networks.model import build_network, describe, save_model
 
     # DynUNet: its output head is a 1x1x1 convolution, so the full-resolution cost stays small with many classes
     params = Params.model_validate({"train": {"network": "dynunet", "channels": [2, 4, 8], "num_res_units": 0}})
@@ -116,7 +116,7 @@ def ct_model(target: Path, n_classes: int) -> Path:
 
 
 def ct(model: Path, volume: Path, out_dir: Path, tta: bool, probabilities: bool) -> dict[str, float]:
-    from pipeline.segment import segment
+    from pipeline.inference.segment import segment
 
     started = time.perf_counter()
     failures = segment([volume], out_dir, model, tta=tta, probabilities=probabilities)

@@ -31,8 +31,9 @@ from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import Params, load_params, with_overrides
-from pipeline.model import load_model
-from pipeline.train import autocast_dtype, train
+from pipeline.networks.model import load_model
+from pipeline.stages.train import train
+from pipeline.training.step import autocast_dtype
 
 
 def matmul_ceiling(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:

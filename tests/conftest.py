@@ -14,7 +14,7 @@ import yaml
 from monai.data import create_test_image_3d
 
 from pipeline.config import Params
-from pipeline.model import build_network, describe, save_model
+from pipeline.networks.model import build_network, describe, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from pipeline.acquire import acquire
 from pipeline.config import DataConfig
-from pipeline.dataset import DatasetError, read_dataset
+from pipeline.data.acquire import acquire
+from pipeline.data.dataset import DatasetError, read_dataset
 from tests.conftest import HIPPOCAMPUS_FIXTURE
 
 
@@ -80,7 +80,7 @@ def test_an_absent_folder_falls_back_to_the_download_and_says_so(tmp_path, monke
     network = FakeNetwork(tmp_path, monkeypatch)
     network.accept_served_archive(monkeypatch)
     out = tmp_path / "data" / "raw"
-    with caplog.at_level(logging.INFO, logger="pipeline.acquire"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.acquire"):
         acquire(DataConfig(source=str(tmp_path / ABSENT), download=f"msd:{TASK}"), out)
     assert network.urls == [network.url]
     assert len(read_dataset(out).cases) == 6
@@ -93,7 +93,7 @@ def test_an_absent_folder_falls_back_to_the_download_and_says_so(tmp_path, monke
 
 def test_a_present_folder_is_used_without_the_network(tmp_path, monkeypatch, caplog):
     network = FakeNetwork(tmp_path, monkeypatch)
-    with caplog.at_level(logging.INFO, logger="pipeline.acquire"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.acquire"):
         acquire(DataConfig(source=str(HIPPOCAMPUS_FIXTURE), download=f"msd:{TASK}"), tmp_path / "raw")
     assert network.urls == []
     assert f"using the local folder {HIPPOCAMPUS_FIXTURE}" in caplog.text

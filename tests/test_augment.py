@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import elastic_field, intensity, sample_patch, sampling_matrix
 from pipeline.config import AugmentationConfig
+from pipeline.training.augment import elastic_field, intensity, sample_patch, sampling_matrix
 from tests.conftest import synthetic_pair
 
 STEPS = list(AugmentationConfig.model_fields)

@@ -2,8 +2,8 @@
 
 import torch
 
-from pipeline.batches import EpochPlan, PatchSampler, cache_case, epoch_batches
 from pipeline.config import AugmentationConfig
+from pipeline.training.batches import EpochPlan, PatchSampler, cache_case, epoch_batches
 from tests.conftest import synthetic_pair
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.dataset import DatasetError, read_dataset
+from pipeline.data.dataset import DatasetError, read_dataset
 from tests.conftest import SHARED, needs_shared
 
 

@@ -16,12 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.data.volumes import choose_series, read_image
 from pipeline.dicom.seg import algorithm, read_segmentation, write_segmentation
 from pipeline.dicom.sources import read_sources
 from pipeline.errors import InputError
-from pipeline.model import BUNDLE_WEIGHTS, build_network, describe, load_model, save_model
-from pipeline.segment import segment
-from pipeline.volumes import choose_series, read_image
+from pipeline.inference.segment import segment
+from pipeline.networks.model import BUNDLE_WEIGHTS, build_network, describe, load_model, save_model
 from tests.conftest import HIPPOCAMPUS_FIXTURE, MRI_PLAN, SHARED, needs_shared
 
 pytestmark = needs_shared

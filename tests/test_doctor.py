@@ -10,8 +10,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import doctor
-from pipeline.cli import app
+from pipeline.cli import app, doctor
 from tests.conftest import HIPPOCAMPUS_FIXTURE
 
 TASK_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task04_Hippocampus.tar"

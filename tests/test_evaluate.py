@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from pipeline.config import EvaluateConfig
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
 from pipeline.errors import ConfigError
-from pipeline.evaluate import evaluate
 from pipeline.evaluation.metrics import METRICS
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+from pipeline.stages.evaluate import evaluate
 from pipeline.tracking.runs import start
 
 

@@ -14,13 +14,13 @@ import torch
 from monai.bundle import ConfigParser
 
 from pipeline.config import Params
+from pipeline.data.transforms import IMAGE, load, prepare
+from pipeline.data.volumes import read_image, to_metatensor
 from pipeline.errors import ModelError
 from pipeline.export import export
-from pipeline.inference import predict, sliding_window_logits
-from pipeline.model import build_network, describe, load_model, save_model
-from pipeline.segment import segment
-from pipeline.transforms import IMAGE, load, prepare
-from pipeline.volumes import read_image, to_metatensor
+from pipeline.inference.predictor import predict, sliding_window_logits
+from pipeline.inference.segment import segment
+from pipeline.networks.model import build_network, describe, load_model, save_model
 from tests.conftest import HIPPOCAMPUS_FIXTURE, HIPPOCAMPUS_LABELS, write_volume
 
 CASE = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_177.nii.gz"

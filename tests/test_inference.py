@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import inference
 from pipeline.config import Params
-from pipeline.inference import predict, predict_with_probabilities, sliding_window_probabilities, stitching_device
-from pipeline.model import build_network, describe
-from pipeline.volumes import read_image, to_metatensor
+from pipeline.data.volumes import read_image, to_metatensor
+from pipeline.inference.predictor import (
+    predict,
+    predict_with_probabilities,
+    sliding_window_probabilities,
+    stitching_device,
+)
+from pipeline.inference import predictor as inference
+from pipeline.networks.model import build_network, describe
 from tests.conftest import HIPPOCAMPUS_LABELS, synthetic_pair, write_volume
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.config import LossConfig, TrainConfig
-from pipeline.losses import build_loss, ce_weight_at, set_ce_weight
+from pipeline.training.losses import build_loss, ce_weight_at, set_ce_weight
 
 NAMES = TrainConfig.model_fields["loss"].annotation.__args__
 

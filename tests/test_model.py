@@ -3,7 +3,7 @@ import torch
 
 from pipeline.config import Params
 from pipeline.errors import ConfigError
-from pipeline.model import ModelError, build_network, describe, load_model, network_spec, save_model
+from pipeline.networks.model import ModelError, build_network, describe, load_model, network_spec, save_model
 from tests.conftest import HIPPOCAMPUS_LABELS, MRI_PLAN
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import network_plan
 from pipeline.config import Params, TrainConfig
-from pipeline.model import build_network, network_spec
+from pipeline.networks import plan as network_plan
+from pipeline.networks.model import build_network, network_spec
 from tests.conftest import FIXTURES
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.optim import build_optimizer, build_schedule
+from pipeline.training.optim import build_optimizer, build_schedule
 
 
 def _rates(config: TrainConfig) -> list[float]:

@@ -3,7 +3,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.config import PreprocessConfig
-from pipeline.plan import case_fingerprint, plan_preprocessing
+from pipeline.data.plan import case_fingerprint, plan_preprocessing
 
 
 def _image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=None) -> sitk.Image:

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.train as training
-from pipeline.inference import predict
-from pipeline.model import load_model
-from pipeline.postprocess import decide_largest_component, keep_largest_component
-from pipeline.preprocess import preprocess
-from pipeline.split import split
-from pipeline.volumes import read_image, to_metatensor
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
+from pipeline.data.volumes import read_image, to_metatensor
+from pipeline.inference.postprocess import decide_largest_component, keep_largest_component
+from pipeline.inference.predictor import predict
+from pipeline.networks.model import load_model
+from pipeline.stages.train import train as train_stage
 from tests.conftest import write_volume
 from tests.test_inference import OracleOfBrightness, _description
 
@@ -77,7 +77,7 @@ def test_training_records_its_decision_in_the_model_file(
     params.train = params.train.model_copy(update={"epochs": 1})
     preprocess(hippocampus, tmp_path / "prep", params.data, params.preprocess)
     split(tmp_path / "prep" / "manifest.csv", tmp_path / "split.json", params.split, params.seed)
-    training.train(tmp_path / "prep", tmp_path / "split.json", tmp_path / "models", params)
+    train_stage(tmp_path / "prep", tmp_path / "split.json", tmp_path / "models", params)
     _, description = load_model(tmp_path / "models" / "model.pt")
     if largest_component:
         assert set(description["postprocess"]["largest_component_classes"]) <= {1, 2}

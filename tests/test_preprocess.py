@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pipeline.preprocess as preprocessing
-import pipeline.validate as validation
+import pipeline.data.preprocess as preprocessing
+import pipeline.data.validate as validation
 from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.data.preprocess import preprocess
 from pipeline.errors import DatasetError
-from pipeline.preprocess import preprocess
 from tests.conftest import SHARED, needs_shared, write_volume
 
 SERIAL = PreprocessConfig(workers=1)

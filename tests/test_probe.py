@@ -5,7 +5,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
-from pipeline.probe import plan_step
+from pipeline.training.probe import plan_step
 
 
 def _network():

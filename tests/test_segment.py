@@ -8,10 +8,10 @@ import SimpleITK as sitk
 import torch
 
 from pipeline.config import Params
-from pipeline.model import build_network, describe, save_model
-from pipeline.network_plan import plan_experiment
-from pipeline.segment import InputError, find_sources, segment
-from pipeline.volumes import convert, read_image
+from pipeline.data.volumes import convert, read_image
+from pipeline.inference.segment import InputError, find_sources, segment
+from pipeline.networks.model import build_network, describe, save_model
+from pipeline.networks.plan import plan_experiment
 from tests.conftest import FIXTURES, HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volume
 
 
@@ -84,7 +84,7 @@ def test_the_real_image_without_label_is_segmented_on_its_grid(untrained_model, 
 
 
 def test_labels_are_written_with_the_values_of_the_training_data(tiny_params, tmp_path):
-    from pipeline.model import build_network, describe, save_model
+    from pipeline.networks.model import build_network, describe, save_model
     from tests.conftest import HIPPOCAMPUS_LABELS, MRI_PLAN
 
     description = describe(

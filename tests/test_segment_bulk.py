@@ -19,10 +19,10 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.bulk import MANIFEST, file_digest, is_finished
 from pipeline.cli import app
-from pipeline.model import build_network, describe, save_model
-from pipeline.segment import label_dtype, segment
+from pipeline.inference.bulk import MANIFEST, file_digest, is_finished
+from pipeline.inference.segment import label_dtype, segment
+from pipeline.networks.model import build_network, describe, save_model
 from tests.conftest import HIPPOCAMPUS_FIXTURE, HIPPOCAMPUS_LABELS, MRI_PLAN
 
 IMAGES = HIPPOCAMPUS_FIXTURE / "imagesTr"

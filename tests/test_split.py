@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config import Params, SplitConfig
+from pipeline.data.split import assign_folds, case_groups, split
+from pipeline.data.volumes import strip_suffix
 from pipeline.errors import ConfigError, MedsegError
-from pipeline.split import assign_folds, case_groups, split
-from pipeline.volumes import strip_suffix
 from tests.conftest import SHARED
 
 CASES = [f"case_{i:03d}" for i in range(23)]
@@ -156,7 +156,7 @@ def test_split_file_records_the_grouping_and_the_log_each_folds_groups_and_cases
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame({"case_id": cases}).to_csv(manifest, index=False)
     config = SplitConfig(n_folds=3, fold=1, group=r"^(PAT-\d+)_")
-    with caplog.at_level(logging.INFO, logger="pipeline.split"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.split"):
         result = split(manifest, tmp_path / "split.json", config, seed=5)
     assert json.loads((tmp_path / "split.json").read_text()) == result
     assert result["grouping"] == {"split.group": r"^(PAT-\d+)_", "n_groups": 30}

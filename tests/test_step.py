@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.errors import TrainingError
-from pipeline.step import NonFiniteStep, autocast_dtype, train_one_epoch, training_step
+from pipeline.training.step import NonFiniteStep, autocast_dtype, train_one_epoch, training_step
 
 
 def _setup(poison=False):

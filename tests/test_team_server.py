@@ -17,8 +17,8 @@ import mlflow
 import pytest
 
 from pipeline.config import params_yaml
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
 from tests.conftest import ROOT
 from tests.test_tracking_offline import free_port, stop_server
 

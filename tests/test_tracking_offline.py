@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-import pipeline.train as training
-from pipeline.evaluate import DEFERRED, evaluate
-from pipeline.model import load_model
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
+from pipeline.networks.model import load_model
+from pipeline.stages.evaluate import DEFERRED, evaluate
+from pipeline.stages.train import train as train_stage
 from pipeline.tracking.offline import RunLog, logged_run, sync
+from pipeline.tracking.registry import local_model_file
 
 
 def free_port() -> int:
@@ -86,7 +87,7 @@ def test_a_server_killed_mid_training_loses_nothing_and_sync_uploads_every_epoch
     killer.start()
     try:
         with caplog.at_level(logging.WARNING, logger="pipeline.tracking.offline"):
-            training.train(prepared / "prep", prepared / "split.json", models, params)
+            train_stage(prepared / "prep", prepared / "split.json", models, params)
     finally:
         killer.join(timeout=60)
         stop_server(server)
@@ -121,7 +122,7 @@ def test_a_run_that_never_reached_the_server_is_created_by_sync(prepared, tiny_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     models = prepared / "models"
     with caplog.at_level(logging.WARNING, logger="pipeline.tracking.offline"):
-        training.train(prepared / "prep", prepared / "split.json", models, tiny_params)
+        train_stage(prepared / "prep", prepared / "split.json", models, tiny_params)
     local_id = _run_id(models)
     assert local_id.startswith("pending-") and (models / "model.pt").is_file()
     assert sum("did not answer" in r.message for r in caplog.records) == 1
@@ -140,7 +141,7 @@ def test_a_run_that_never_reached_the_server_is_created_by_sync(prepared, tiny_p
 def test_a_model_evaluated_while_the_server_was_away_is_registered_by_sync(prepared, tiny_params, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     models = prepared / "models"
-    training.train(prepared / "prep", prepared / "split.json", models, tiny_params)
+    train_stage(prepared / "prep", prepared / "split.json", models, tiny_params)
     summary = evaluate(
         models / "model.pt",
         prepared / "prep",
@@ -159,7 +160,7 @@ def test_a_model_evaluated_while_the_server_was_away_is_registered_by_sync(prepa
     tags = client.get_run(run_id).data.tags
     assert tags["registry.alias"] == "champion" and tags["registry.decision"].startswith("deferred")
     assert client.get_run(run_id).data.metrics["registry.score"] == pytest.approx(summary["dice_mean"])
-    network, _ = load_model("models:/medseg-hippocampus@champion")
+    network, _ = load_model(local_model_file("models:/medseg-hippocampus@champion"))
     expected = load_model(models / "model.pt")[0].state_dict()
     assert all(torch.equal(expected[k], v) for k, v in network.state_dict().items())
 

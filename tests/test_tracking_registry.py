@@ -11,17 +11,18 @@ import torch
 from typer.testing import CliRunner
 
 import pipeline.tracking.registry as registry_module
-import pipeline.train as training
 from pipeline.cli import app
 from pipeline.config import render_preset
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
 from pipeline.errors import ModelError
-from pipeline.evaluate import evaluate
-from pipeline.model import load_model, save_model
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+from pipeline.networks.model import load_model, save_model
+from pipeline.provenance import provenance_tags
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.train import train as train_stage
 from pipeline.tracking.listing import runs_table
 from pipeline.tracking.offline import RunLog
-from pipeline.tracking.provenance import provenance_tags
+from pipeline.tracking.registry import local_model_file
 from tests.conftest import HIPPOCAMPUS_FIXTURE, ROOT
 
 
@@ -35,7 +36,7 @@ def registry(tmp_path_factory, smoke):
     params, hippocampus = smoke
     preprocess(hippocampus, root / "prep", params.data, params.preprocess)
     split(root / "prep" / "manifest.csv", root / "split.json", params.split, params.seed)
-    training.train(root / "prep", root / "split.json", root / "trained", params)
+    train_stage(root / "prep", root / "split.json", root / "trained", params)
     trained = evaluate(
         root / "trained" / "model.pt",
         root / "prep",
@@ -104,14 +105,14 @@ def test_models_and_runs_uris_load_the_self_describing_model(registry):
     expected = load_model(root / "trained" / "model.pt")[0].state_dict()
     trained_run = json.loads((root / "trained" / "mlflow_run.json").read_text())["run_id"]
     for uri in ("models:/medseg-hippocampus@champion", f"runs:/{trained_run}/model"):
-        network, description = load_model(uri)
+        network, description = load_model(local_model_file(uri))
         assert description["labels"]["1"] == "Anterior"
         assert all(torch.equal(expected[k], v) for k, v in network.state_dict().items()), uri
 
 
 def test_a_uri_that_does_not_resolve_is_an_error_naming_it(registry):
     with pytest.raises(ModelError, match="models:/medseg-hippocampus@nobody: does not resolve in MLflow"):
-        load_model("models:/medseg-hippocampus@nobody")
+        local_model_file("models:/medseg-hippocampus@nobody")
 
 
 def test_segment_takes_a_registry_uri(registry, tmp_path):

@@ -5,9 +5,10 @@ import json
 import mlflow
 import pytest
 
-import pipeline.train as training
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+import pipeline.training.epoch as epoch_module
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
+from pipeline.stages.train import train as train_stage
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def prepared(hippocampus, tiny_params, tmp_path, monkeypatch):
 
 
 def _train(root, params):
-    return training.train(root / "prep", root / "split.json", root / "models", params)
+    return train_stage(root / "prep", root / "split.json", root / "models", params)
 
 
 def _run(root):
@@ -49,7 +50,7 @@ def test_an_error_ends_the_run_failed_with_the_error_as_a_tag(prepared, tiny_par
     def broken(*args, **kwargs):
         raise RuntimeError("the disk is full")
 
-    monkeypatch.setattr(training, "train_one_epoch", broken)
+    monkeypatch.setattr(epoch_module, "train_one_epoch", broken)
     with pytest.raises(RuntimeError):
         _train(prepared, tiny_params)
     run = _run(prepared)
@@ -60,7 +61,7 @@ def test_an_error_ends_the_run_failed_with_the_error_as_a_tag(prepared, tiny_par
 def test_an_interrupted_run_ends_killed_and_resuming_continues_it_with_the_gap_marked(
     prepared, tiny_params, monkeypatch
 ):
-    real_epoch = training.train_one_epoch
+    real_epoch = epoch_module.train_one_epoch
     calls = []
 
     def interrupted_in_epoch_two(*args, **kwargs):
@@ -69,14 +70,14 @@ def test_an_interrupted_run_ends_killed_and_resuming_continues_it_with_the_gap_m
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_one_epoch", interrupted_in_epoch_two)
+    monkeypatch.setattr(epoch_module, "train_one_epoch", interrupted_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         _train(prepared, tiny_params)
     first = _run(prepared)
     assert first.info.status == "KILLED" and first.data.tags["error"].startswith("KeyboardInterrupt")
     assert first.data.tags["last_epoch"] == "1", "the last epoch it reached"
 
-    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(epoch_module, "train_one_epoch", real_epoch)
     _train(prepared, tiny_params)
     resumed = _run(prepared)
     assert resumed.info.run_id == first.info.run_id and resumed.info.status == "FINISHED"

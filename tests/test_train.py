@@ -11,13 +11,14 @@ import psutil
 import pytest
 import torch
 
-import pipeline.train as training
-from pipeline.checkpoint import CheckpointError
+import pipeline.training.trainer as training
 from pipeline.config import params_yaml
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
 from pipeline.errors import TrainingError
-from pipeline.model import load_model
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+from pipeline.networks.model import load_model
+from pipeline.stages.train import train as train_stage
+from pipeline.training.checkpoint import CheckpointError
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def prepared(hippocampus, tiny_params, tmp_path, monkeypatch):
 
 
 def _train(root, params, name):
-    return training.train(root / "prep", root / "split.json", root / name, params)
+    return train_stage(root / "prep", root / "split.json", root / name, params)
 
 
 def _history(models):

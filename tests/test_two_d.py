@@ -8,14 +8,14 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.config import Params
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
 from pipeline.errors import ConfigError
-from pipeline.evaluate import evaluate
-from pipeline.model import load_model
-from pipeline.preprocess import preprocess
-from pipeline.segment import segment
-from pipeline.split import split
-from pipeline.train import train
-from pipeline.unet_paper import output_size
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.inference.segment import segment
+from pipeline.networks.model import load_model
+from pipeline.networks.unet_paper import output_size
+from pipeline.stages.train import train
 from tests.conftest import FIXTURES
 
 ISBI_FIXTURE = FIXTURES / "isbi2012"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.unet_paper import (
+from pipeline.networks.unet_paper import (
     OriginalUNet,
     check_tile,
     input_for_output,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.validate import validate
+from pipeline.data.validate import validate
 from tests.conftest import SHARED, needs_shared, write_volume
 
 CASE = "hippocampus_149"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pipeline.data.volumes import choose_series, convert, find_series, read_image, strip_suffix, to_metatensor
 from pipeline.errors import InputError
-from pipeline.volumes import choose_series, convert, find_series, read_image, strip_suffix, to_metatensor
 from tests.conftest import HIPPOCAMPUS_FIXTURE, SHARED, needs_shared, write_volume
 
 CT_DICOM = SHARED / "ct-example" / "example_ct_dicom"

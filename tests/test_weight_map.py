@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.weight_map import boundary_weight_map, class_balance, nearest_two_distances
+from pipeline.data.weight_map import boundary_weight_map, class_balance, nearest_two_distances
 
 
 def _two_cells(gap=2):

@@ -22,12 +22,12 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage, generate_uid
 
 from pipeline import __version__
+from pipeline.data.volumes import Series, choose_series, find_series, read_series
 from pipeline.dicom.codes import property_codes
 from pipeline.dicom.sources import instance_uid, read_header, read_sources
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
-from pipeline.model import BUNDLE_WEIGHTS
-from pipeline.volumes import Series, choose_series, find_series, read_series
+from pipeline.networks.model import BUNDLE_WEIGHTS
 
 log = logging.getLogger(__name__)
 

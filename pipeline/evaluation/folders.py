@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from pipeline.data.volumes import FILE_SUFFIXES, read_image, strip_suffix
 from pipeline.errors import InputError
 from pipeline.evaluation.metrics import LabelledCase
 from pipeline.evaluation.scoring import evaluate_cases
-from pipeline.volumes import FILE_SUFFIXES, read_image, strip_suffix
 
 GRID_TOLERANCE = 1e-3  # mm for spacing and origin, and for the direction cosines
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.export.bundle import write_bundle
 from pipeline.export.network import write_onnx, write_torchscript
-from pipeline.model import load_model
+from pipeline.networks.model import load_model
 
 WRITERS = {"bundle": write_bundle, "torchscript": write_torchscript, "onnx": write_onnx}
 

@@ -1,6 +1,6 @@
 """A MONAI bundle of a medseg model: MONAI's own components, configured as ``medseg segment`` runs them.
 
-The inference config prepares the volume as ``pipeline.transforms.prepare`` does, tiles it with
+The inference config prepares the volume as ``pipeline.data.transforms.prepare`` does, tiles it with
 the model's sliding window, and maps softmax probabilities back onto the input grid before
 taking the most likely class, so that the bundle's labels are the labels of ``medseg segment``
 (tests/test_export.py runs both). The metadata keeps medseg's own description under ``medseg``,
@@ -19,7 +19,7 @@ import torch
 
 from pipeline.errors import ModelError
 from pipeline.files import atomic_path, write_json, write_text
-from pipeline.model import BUNDLE_METADATA, BUNDLE_WEIGHTS
+from pipeline.networks.model import BUNDLE_METADATA, BUNDLE_WEIGHTS
 
 BUNDLE_VERSION = "0.1.0"
 INFERENCE_CONFIG = Path("configs/inference.json")
@@ -134,7 +134,7 @@ def metadata(description: dict[str, Any]) -> dict[str, Any]:
 
 
 def _preprocessing(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """``pipeline.transforms.load`` and ``prepare`` as config: the same MONAI transforms, the same arguments."""
+    """``pipeline.data.transforms.load`` and ``prepare`` as config: the same MONAI transforms, the same arguments."""
     steps: list[dict[str, Any]] = [
         {
             "_target_": "LoadImaged",
@@ -195,7 +195,7 @@ def _inferer(description: dict[str, Any]) -> dict[str, Any]:
 
 
 def _largest_component(description: dict[str, Any]) -> list[dict[str, Any]]:
-    """The post-processing training chose on its validation cases, as ``pipeline.postprocess`` runs it."""
+    """The post-processing training chose on its validation cases, as ``pipeline.inference.postprocess`` runs it."""
     classes = (description.get("postprocess") or {}).get("largest_component_classes") or []
     if not classes:
         return []

@@ -23,9 +23,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import MedsegError, ModelError
-from pipeline.model import check_finite
+from pipeline.networks.model import check_finite
+from pipeline.provenance import key_digest
 from pipeline.tracking.offline import RunLog
-from pipeline.tracking.provenance import key_digest
 from pipeline.tracking.runs import configure, describe_error
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,14 @@ def move_alias(name: str, alias: str, number: int, note: str = "") -> str:
 
 def is_model_uri(text: str) -> bool:
     return str(text).startswith(MODEL_URI_SCHEMES)
+
+
+def local_model_file(model: Path | str) -> Path:
+    """``model`` itself, or where it is an MLflow URI the model file downloaded from it (every Ray worker then
+    loads that same file)."""
+    if str(model).startswith(("models:/", "runs:/")):
+        return download_model_file(str(model))
+    return Path(model)
 
 
 def download_model_file(uri: str) -> Path:

@@ -18,8 +18,8 @@ import mlflow
 import pandas as pd
 
 from pipeline.errors import MedsegError
+from pipeline.provenance import RAW_DATA, dvc_output_hash
 from pipeline.tracking.listing import _client, find_run
-from pipeline.tracking.provenance import RAW_DATA, dvc_output_hash
 from pipeline.tracking.registry import NO_REGISTRY
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from monai.networks.nets import BasicUNet, DynUNet, UNet
 from pipeline.config import Params
 from pipeline.errors import ConfigError, ModelError
 from pipeline.files import atomic_path
-from pipeline.network_plan import channels, for_patch, uniform_kernels
-from pipeline.unet_paper import OriginalUNet
+from pipeline.networks.plan import channels, for_patch, uniform_kernels
+from pipeline.networks.unet_paper import OriginalUNet
 
 MODEL_FORMAT = "medseg-model/1"
 # a MONAI bundle exported by `medseg export` keeps this description under the "medseg" key of its metadata
@@ -128,12 +128,8 @@ def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A model file, a MONAI bundle folder written by ``medseg export``, or an MLflow URI of a registered or logged
-    model (``models:/medseg-hippocampus@champion``, ``runs:/<id>/model``)."""
-    if str(path).startswith(("models:/", "runs:/")):
-        from pipeline.tracking.registry import download_model_file
-
-        path = download_model_file(str(path))
+    """A model file or a MONAI bundle folder written by ``medseg export`` (an MLflow URI is downloaded first by
+    ``tracking.registry.local_model_file``: nothing below tracking reads MLflow)."""
     path = Path(path)
     content = _read_bundle(path, device) if path.is_dir() else _read_model_file(path, device)
     network = build_network(content["network"])

@@ -19,12 +19,20 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
+from pipeline.data.volumes import (
+    FILE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    Series,
+    choose_series,
+    is_nifti,
+    read_image,
+    to_metatensor,
+)
 from pipeline.dicom.seg import write_segmentation
 from pipeline.errors import InputError, MedsegError
 from pipeline.files import atomic_path
-from pipeline.inference import PROBABILITY_SCALE, predict, predict_with_probabilities
-from pipeline.model import load_model
-from pipeline.volumes import FILE_SUFFIXES, NIFTI_SUFFIXES, Series, choose_series, is_nifti, read_image, to_metatensor
+from pipeline.inference.predictor import PROBABILITY_SCALE, predict, predict_with_probabilities
+from pipeline.networks.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +147,8 @@ class LoadedModel:
 
 
 def open_model(model_path: Path | str) -> LoadedModel:
-    """The model on this process's device (CUDA when there is one), an MLflow URI downloaded first."""
+    """The model on this process's device (CUDA when there is one)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(model_path).startswith(("models:/", "runs:/")):
-        from pipeline.tracking.registry import download_model_file
-
-        model_path = download_model_file(str(model_path))
     network, description = load_model(model_path, device)
     return LoadedModel(network, description, device, Path(model_path))
 

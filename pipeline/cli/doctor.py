@@ -103,8 +103,8 @@ def reachable(url: str) -> str | None:
 
 def check_data(params: Path) -> Check:
     """Can the acquire stage get the data that ``params`` (or, without that file, the defaults) names?"""
-    from pipeline.acquire import local_folder, msd_url
-    from pipeline.dataset import layout_parts
+    from pipeline.data.acquire import local_folder, msd_url
+    from pipeline.data.dataset import layout_parts
 
     origin = str(params) if params.is_file() else "the defaults, as there is no params file"
     try:

@@ -10,14 +10,15 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Params, flatten
+from pipeline.data.split import split
 from pipeline.errors import DatasetError
-from pipeline.evaluate import evaluate, mlflow_metrics
 from pipeline.evaluation.scoring import METRICS_FILE
 from pipeline.files import write_csv, write_json
-from pipeline.split import split
+from pipeline.provenance import provenance_tags
+from pipeline.stages.evaluate import evaluate, mlflow_metrics
+from pipeline.stages.train import train
 from pipeline.tracking.offline import PENDING_DIR, RunLog, logged_run
-from pipeline.tracking.provenance import provenance_tags
-from pipeline.train import MODEL_FILE, RUN_FILE, train
+from pipeline.training.trainer import MODEL_FILE, RUN_FILE
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
-from pipeline.step import NonFiniteStep, autocast_dtype, training_step
+from pipeline.training.step import NonFiniteStep, autocast_dtype, training_step
 
 WARMUP_STEPS, TIMED_STEPS = 2, 8
 FASTER = 0.95  # a variant must take at most this share of the other's step time to be chosen

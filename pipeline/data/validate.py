@@ -16,10 +16,10 @@ import pandas as pd
 import SimpleITK as sitk
 
 from pipeline.config import DataConfig
-from pipeline.dataset import Case, Dataset, Problem, read_dataset
+from pipeline.data.dataset import Case, Dataset, Problem, read_dataset
+from pipeline.data.volumes import Series, choose_series, read_image, read_series
 from pipeline.errors import InputError
 from pipeline.files import write_csv
-from pipeline.volumes import Series, choose_series, read_image, read_series
 
 GEOMETRY_TOLERANCE = 1e-3
 REPORT_COLUMNS = ["case_id", "status", "file", "reason"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.augment import elastic_field, fires, intensity, sample_patch, sampling_matrix
 from pipeline.config import AugmentationConfig
+from pipeline.training.augment import elastic_field, fires, intensity, sample_patch, sampling_matrix
 
 IMAGE, LABEL = "image", "label"
 

@@ -23,15 +23,15 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from pipeline.config import DataConfig, PreprocessConfig, WeightMapConfig
-from pipeline.dataset import Case, Dataset, class_indices, read_dataset
+from pipeline.data.dataset import Case, Dataset, class_indices, read_dataset
+from pipeline.data.plan import case_fingerprint, plan_digest, plan_preprocessing, plan_spacing
+from pipeline.data.transforms import IMAGE, LABEL, prepare
+from pipeline.data.validate import case_result, check_case, report
+from pipeline.data.volumes import to_metatensor
+from pipeline.data.weight_map import boundary_weight_map
 from pipeline.errors import DatasetError
 from pipeline.files import atomic_path, write_csv, write_json
-from pipeline.network_plan import plan_experiment
-from pipeline.plan import case_fingerprint, plan_digest, plan_preprocessing, plan_spacing
-from pipeline.transforms import IMAGE, LABEL, prepare
-from pipeline.validate import case_result, check_case, report
-from pipeline.volumes import to_metatensor
-from pipeline.weight_map import boundary_weight_map
+from pipeline.networks.plan import plan_experiment
 
 log = logging.getLogger(__name__)
 FINGERPRINT_FILE, PLAN_FILE, MANIFEST_FILE, VALIDATION_FILE = (

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.config import PreprocessConfig
-from pipeline.network_plan import target_spacing
+from pipeline.networks.plan import target_spacing
 
 FOREGROUND_SAMPLES = 500
 CLIP_PERCENTILES = (0.5, 99.5)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.config import DataConfig
-from pipeline.dataset import layout_parts
+from pipeline.data.dataset import layout_parts
 from pipeline.errors import DatasetError
 
 MSD_PREFIX = "msd:"

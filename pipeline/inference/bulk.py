@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from pipeline.errors import InputError, MedsegError
 from pipeline.files import write_text
-from pipeline.model import load_model
-from pipeline.segment import Source, check_format, find_sources, open_model, output_paths, segment_case
+from pipeline.inference.segment import Source, check_format, find_sources, open_model, output_paths, segment_case
+from pipeline.networks.model import load_model
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("input", "output", "status", "seconds", "error", "output_sha256", "model_sha256")
@@ -246,10 +246,6 @@ def segment_bulk(
     out_dir = Path(out_dir).absolute()
     sources = find_sources([Path(path).absolute() for path in inputs], series)
     check_format(sources, options.output_format)
-    if str(model_path).startswith(("models:/", "runs:/")):  # every worker loads the same downloaded file
-        from pipeline.tracking.registry import download_model_file
-
-        model_path = download_model_file(str(model_path))
     model_path = Path(model_path).absolute()
     load_model(model_path)  # a model that cannot be loaded stops the run here, not in every worker
     model_sha256 = model_digest(model_path)

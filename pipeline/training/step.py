@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from pipeline.errors import TrainingError
-from pipeline.unet_paper import center_crop
+from pipeline.networks.unet_paper import center_crop
 
 
 class NonFiniteStep(TrainingError):

@@ -16,9 +16,9 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer, sliding_window_inference
 
-from pipeline.postprocess import keep_largest_component
-from pipeline.transforms import IMAGE, prepare
-from pipeline.unet_paper import overlap_tile_logits
+from pipeline.data.transforms import IMAGE, prepare
+from pipeline.inference.postprocess import keep_largest_component
+from pipeline.networks.unet_paper import overlap_tile_logits
 
 PROBABILITY_SCALE = 255  # a probability p is stored as round(255 p) in uint8
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.data.volumes import FILE_SUFFIXES, strip_suffix
 from pipeline.errors import DatasetError
-from pipeline.volumes import FILE_SUFFIXES, strip_suffix
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config import Params, params_yaml
-from pipeline.crossval import aggregate, cross_validate, fold_params
-from pipeline.preprocess import preprocess
-from pipeline.split import split
+from pipeline.data.preprocess import preprocess
+from pipeline.data.split import split
+from pipeline.stages.crossval import aggregate, cross_validate, fold_params
 
 
 def test_aggregate_is_mean_and_population_std_over_folds():
