@@ -30,8 +30,9 @@ import torch
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import Params, load_params, with_overrides
+from pipeline.config import Params
 from pipeline.networks.model import load_model
+from pipeline.params import load_params, with_overrides
 from pipeline.stages.train import train
 from pipeline.training.step import autocast_dtype
 

@@ -8,7 +8,15 @@ from imports import PACKAGE, ROOT, graph, modules
 
 # lower layers never import higher ones; a layer's own packages import each other only where listed in SIDEWAYS
 LAYERS = [
-    {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.config", "pipeline.provenance", "pipeline.run_log"},
+    {
+        "pipeline",
+        "pipeline.errors",
+        "pipeline.files",
+        "pipeline.config",
+        "pipeline.params",
+        "pipeline.provenance",
+        "pipeline.run_log",
+    },
     {"pipeline.data"},
     {"pipeline.networks"},
     {"pipeline.dicom"},
@@ -18,7 +26,7 @@ LAYERS = [
     {"pipeline.stages"},
     {"pipeline.cli"},
 ]
-MAX_FILE_LINES = 350
+MAX_FILE_LINES = 300
 MAX_FUNCTION_LINES = 60  # body lines
 
 

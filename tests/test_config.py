@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, flatten, load_params, params_yaml, render_preset
+from pipeline.config import Params
+from pipeline.errors import ConfigError
+from pipeline.params import flatten, load_params, params_yaml, render_preset
 from tests.conftest import ROOT
 
 

@@ -7,13 +7,13 @@ import torch
 
 from pipeline.config import Params
 from pipeline.data.volumes import read_image, to_metatensor
+from pipeline.inference import predictor as inference
 from pipeline.inference.predictor import (
     predict,
     predict_with_probabilities,
     sliding_window_probabilities,
     stitching_device,
 )
-from pipeline.inference import predictor as inference
 from pipeline.networks.model import build_network, describe
 from tests.conftest import HIPPOCAMPUS_LABELS, synthetic_pair, write_volume
 

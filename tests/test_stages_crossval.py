@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Params, params_yaml
+from pipeline.config import Params
 from pipeline.data.preprocess import preprocess
 from pipeline.data.split import split
+from pipeline.params import params_yaml
 from pipeline.stages.crossval import aggregate, cross_validate, fold_params
 
 

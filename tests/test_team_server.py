@@ -16,9 +16,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.config import params_yaml
 from pipeline.data.preprocess import preprocess
 from pipeline.data.split import split
+from pipeline.params import params_yaml
 from tests.conftest import ROOT
 from tests.test_tracking_offline import free_port, stop_server
 

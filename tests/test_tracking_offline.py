@@ -21,8 +21,9 @@ from pipeline.data.split import split
 from pipeline.networks.model import load_model
 from pipeline.stages.evaluate import DEFERRED, evaluate
 from pipeline.stages.train import train as train_stage
-from pipeline.tracking.offline import RunLog, logged_run, sync
-from pipeline.tracking.registry import local_model_file
+from pipeline.tracking.models import local_model_file
+from pipeline.tracking.offline import RunLog, logged_run
+from pipeline.tracking.sync import sync
 
 
 def free_port() -> int:

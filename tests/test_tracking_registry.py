@@ -10,19 +10,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import pipeline.tracking.aliases as aliases
 import pipeline.tracking.registry as registry_module
 from pipeline.cli import app
-from pipeline.config import render_preset
 from pipeline.data.preprocess import preprocess
 from pipeline.data.split import split
 from pipeline.errors import ModelError
 from pipeline.networks.model import load_model, save_model
+from pipeline.params import render_preset
 from pipeline.provenance import provenance_tags
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.train import train as train_stage
 from pipeline.tracking.listing import runs_table
+from pipeline.tracking.models import local_model_file
 from pipeline.tracking.offline import RunLog
-from pipeline.tracking.registry import local_model_file
 from tests.conftest import HIPPOCAMPUS_FIXTURE, ROOT
 
 
@@ -126,20 +127,20 @@ def test_segment_takes_a_registry_uri(registry, tmp_path):
 
 
 def test_the_alias_target_depends_on_the_versions_and_the_moves_alone():
-    v, target = registry_module._Version, registry_module._target
+    v, targets = aliases.Version, aliases.targets
     a, b, c = v(1, 0.80, "k1"), v(2, 0.85, "k1"), v(3, 0.90, "k2")
-    assert target([a], None) == {"champion": 1}
-    assert target([a, b], None) == target([a, b], 1) == {"champion": 2, "challenger": 1}
+    assert targets([a], None) == {"champion": 1}
+    assert targets([a, b], None) == targets([a, b], 1) == {"champion": 2, "challenger": 1}
     # a better score on another comparison key does not take champion; it is the newest other version
-    assert target([a, b, c], 2) == {"champion": 2, "challenger": 3}
-    assert target([a, v(2, 0.80, "k1")], None) == {"champion": 1, "challenger": 2}, "ties: older"
-    assert target([v(1, None, "k1")], None) == {}
+    assert targets([a, b, c], 2) == {"champion": 2, "challenger": 3}
+    assert targets([a, v(2, 0.80, "k1")], None) == {"champion": 1, "challenger": 2}, "ties: older"
+    assert targets([v(1, None, "k1")], None) == {}
     # a person moved champion to version 1 when version 2 was the newest: kept, until a later version beats it
-    moved = {"champion": registry_module._Move(1, 2, "someone", "then")}
-    assert target([a, b], 1, moved) == {"champion": 1, "challenger": 2}
-    assert target([a, b, v(3, 0.79, "k1")], 1, moved)["champion"] == 1
-    assert target([a, b, v(3, 0.81, "k2")], 1, moved)["champion"] == 1, "another key does not take it"
-    assert target([a, b, v(3, 0.81, "k1")], 1, moved)["champion"] == 3
+    moved = {"champion": aliases.Move(1, 2, "someone", "then")}
+    assert targets([a, b], 1, moved) == {"champion": 1, "challenger": 2}
+    assert targets([a, b, v(3, 0.79, "k1")], 1, moved)["champion"] == 1
+    assert targets([a, b, v(3, 0.81, "k2")], 1, moved)["champion"] == 1, "another key does not take it"
+    assert targets([a, b, v(3, 0.81, "k1")], 1, moved)["champion"] == 3
 
 
 def test_aliases_a_stale_evaluation_moved_are_put_back(registry):

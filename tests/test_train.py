@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import pipeline.training.trainer as training
-from pipeline.config import params_yaml
 from pipeline.data.preprocess import preprocess
 from pipeline.data.split import split
 from pipeline.errors import TrainingError
 from pipeline.networks.model import load_model
+from pipeline.params import params_yaml
 from pipeline.stages.train import train as train_stage
 from pipeline.training.checkpoint import CheckpointError
 

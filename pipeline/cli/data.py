@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.app import ParamsOption, app
-from pipeline.config import load_params, params_yaml, render_preset
 from pipeline.files import write_text
+from pipeline.params import load_params, params_yaml, render_preset
 
 
 @app.command()

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pipeline.config import DataConfig, load_params
+from pipeline.config import DataConfig
 from pipeline.errors import MedsegError
+from pipeline.params import load_params
 
 SETUP = "make run (or make test) sets up .venv; by hand: pip install -e '.[test]'"
 LIBRARIES = {

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.app import ParamsOption, app
-from pipeline.config import load_params
+from pipeline.params import load_params
 
 
 @app.command()
@@ -94,7 +94,7 @@ def export(
 ) -> None:
     """Write MODEL in a form other tools run: a MONAI bundle, or the network as TorchScript or ONNX with model.json."""
     from pipeline.export import export as run
-    from pipeline.tracking.registry import local_model_file
+    from pipeline.tracking.models import local_model_file
 
     for path in run(local_model_file(model), output_format, output):
         typer.echo(f"wrote {path}")

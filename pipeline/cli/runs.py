@@ -65,7 +65,7 @@ def runs_sync(
 ) -> None:
     """Upload the metrics and files kept on disk while the tracking server did not answer."""
     from pipeline.stages.evaluate import DEFERRED
-    from pipeline.tracking.offline import sync
+    from pipeline.tracking.sync import sync
 
     done = sync(pending, DEFERRED)
     for key, run_id, count in done:

@@ -65,7 +65,7 @@ def segment(
 ) -> None:
     """Write OUTPUT/<input name>: a label map on exactly the input's grid (or a DICOM SEG, --format), in the smallest
     integer type that holds the model's label values."""
-    from pipeline.tracking.registry import local_model_file
+    from pipeline.tracking.models import local_model_file
 
     model = local_model_file(model)  # an MLflow URI downloaded once, here, for every engine and worker
     if engine == "ray":

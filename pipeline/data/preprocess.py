@@ -190,21 +190,7 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     dataset = read_dataset(raw_dir, data_config)
     values = sorted(dataset.labels)
     digests = {case.case_id: input_digest(case) for case in dataset.cases}
-
-    cases = _validate_and_fingerprint(dataset, digests, _previous_fingerprints(out_dir / FINGERPRINT_FILE), workers)
-    validation = report(dataset.problems, cases)
-    write_csv(out_dir / VALIDATION_FILE, validation)
-    rejected = validation[validation.status == "rejected"]
-    for row in rejected.itertuples():
-        log.warning("rejected %s: %s: %s", row.case_id, row.file, row.reason)
-    if len(rejected) and config.on_rejected == "fail":
-        raise DatasetError(
-            f"{raw_dir}: {len(rejected)} case(s) rejected (preprocess.on_rejected is 'fail'); see {out_dir / VALIDATION_FILE}"
-        )
-    accepted = [case for case in dataset.cases if cases[case.case_id]["status"] != "rejected"]
-    if not accepted:
-        raise DatasetError(f"{raw_dir}: no usable case; see {out_dir / VALIDATION_FILE}")
-
+    cases, accepted, n_rejected = _accepted(dataset, digests, raw_dir, out_dir, config, workers)
     fingerprints = [cases[c.case_id]["fingerprint"] for c in accepted]
     plan = plan_preprocessing(fingerprints, dataset.modality, config)
     experiment = {
@@ -212,9 +198,8 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
         **plan_experiment(fingerprints, plan["spacing"], dataset.dimensions),
     }
     weight_map = config.weight_map.model_dump() if config.weight_map else None
-    digest = plan_digest(
-        {**plan, "weight_map": weight_map} if weight_map else plan
-    )  # weight maps are not part of the plan inference needs
+    # weight maps are not part of the plan inference needs
+    digest = plan_digest({**plan, "weight_map": weight_map} if weight_map else plan)
     earlier = _earlier_manifest(out_dir / MANIFEST_FILE)
 
     def up_to_date(case: Case) -> bool:
@@ -237,8 +222,45 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
         ]
     )
     _remove_unlisted(out_dir, set(manifest.image) | set(manifest.label) | set(manifest.weight))
+    _write_records(out_dir, raw_dir, dataset, cases, (plan, experiment), manifest, values)
+    log.info("%d cases prepared, %d reused, %d rejected", len(stale), len(accepted) - len(stale), n_rejected)
+    return manifest
+
+
+def _accepted(
+    dataset: Dataset, digests: dict[str, str], raw_dir: Path, out_dir: Path, config: PreprocessConfig, workers: int
+) -> tuple[dict[str, dict], list[Case], int]:
+    """Every case validated and fingerprinted (reusing earlier fingerprints of unchanged files), the validation
+    report written; the cases usable, and how many were rejected."""
+    cases = _validate_and_fingerprint(dataset, digests, _previous_fingerprints(out_dir / FINGERPRINT_FILE), workers)
+    validation = report(dataset.problems, cases)
+    write_csv(out_dir / VALIDATION_FILE, validation)
+    rejected = validation[validation.status == "rejected"]
+    for row in rejected.itertuples():
+        log.warning("rejected %s: %s: %s", row.case_id, row.file, row.reason)
+    if len(rejected) and config.on_rejected == "fail":
+        raise DatasetError(
+            f"{raw_dir}: {len(rejected)} case(s) rejected (preprocess.on_rejected is 'fail'); see {out_dir / VALIDATION_FILE}"
+        )
+    accepted = [case for case in dataset.cases if cases[case.case_id]["status"] != "rejected"]
+    if not accepted:
+        raise DatasetError(f"{raw_dir}: no usable case; see {out_dir / VALIDATION_FILE}")
+    return cases, accepted, len(rejected)
+
+
+def _write_records(
+    out_dir: Path,
+    raw_dir: Path,
+    dataset: Dataset,
+    cases: dict[str, dict],
+    plans: tuple[dict[str, Any], dict[str, Any]],
+    manifest: pd.DataFrame,
+    values: list[int],
+) -> None:
+    """The fingerprint, the plan (what inference needs, then what training plans), the manifest, dataset.json."""
+    preprocessing, experiment = plans
     write_json(out_dir / FINGERPRINT_FILE, {"modality": dataset.modality, "cases": cases})
-    write_json(out_dir / PLAN_FILE, {**plan, **experiment})  # what inference needs, then what training plans
+    write_json(out_dir / PLAN_FILE, {**preprocessing, **experiment})
     write_csv(out_dir / MANIFEST_FILE, manifest)
     write_json(
         out_dir / "dataset.json",
@@ -249,8 +271,6 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
             "dimensions": dataset.dimensions,
             "labels": {str(index): dataset.labels[value] for index, value in enumerate(values)},
             "label_values": values,
-            "preprocess": plan,
+            "preprocess": preprocessing,
         },
     )
-    log.info("%d cases prepared, %d reused, %d rejected", len(stale), len(accepted) - len(stale), len(rejected))
-    return manifest

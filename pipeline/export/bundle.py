@@ -1,10 +1,10 @@
-"""A MONAI bundle of a medseg model: MONAI's own components, configured as ``medseg segment`` runs them.
-
-The inference config prepares the volume as ``pipeline.data.transforms.prepare`` does, tiles it with
-the model's sliding window, and maps softmax probabilities back onto the input grid before
-taking the most likely class, so that the bundle's labels are the labels of ``medseg segment``
-(tests/test_export.py runs both). The metadata keeps medseg's own description under ``medseg``,
-so that ``medseg segment --model BUNDLE`` reads the folder as a model.
+"""A MONAI bundle of a medseg model: the bundle layout and metadata MONAI's tools read, whose inference config
+runs medseg's own predictor (``pipeline.inference.segment``: preparation, sliding window, test-time augmentation,
+post-processing and the inverse onto the input grid), so that the bundle's labels are exactly those of
+``medseg segment`` (tests/test_export.py runs both). Restating the predictor as MONAI transforms in JSON made a
+second inference path, which disagreed on near-ties. ``network_def`` still builds the network for MONAI's tools
+(MONAI Label, fine-tuning); the metadata keeps medseg's description under ``medseg``, so that
+``medseg segment --model BUNDLE`` reads the folder as a model.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def metadata(description: dict[str, Any]) -> dict[str, Any]:
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "required_packages_version": {
-            name: _package_version(name) for name in ("nibabel", "pytorch-ignite") if _package_version(name)
+            name: _package_version(name) for name in ("medseg", "nibabel") if _package_version(name)
         },
         "name": f"medseg {description['network']['name']} ({', '.join(channels.values())})",
         "task": f"{modality} segmentation of {', '.join(list(channels.values())[1:])}",
@@ -133,168 +133,33 @@ def metadata(description: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _preprocessing(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """``pipeline.data.transforms.load`` and ``prepare`` as config: the same MONAI transforms, the same arguments."""
-    steps: list[dict[str, Any]] = [
-        {
-            "_target_": "LoadImaged",
-            "keys": "image",
-            "reader": "NibabelReader",
-            "image_only": True,
-            "dtype": "$numpy.float32",
-        },
-        {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": "no_channel"},
-        {
-            "_target_": "Orientationd",
-            "keys": "image",
-            "axcodes": plan["orientation"][: len(plan["spacing"])],
-            "labels": None,
-        },
-        {"_target_": "Spacingd", "keys": "image", "pixdim": plan["spacing"], "mode": "bilinear"},
-    ]
-    if plan["crop_foreground"]:
-        steps.append(
-            {
-                "_target_": "CropForegroundd",
-                "keys": "image",
-                "source_key": "image",
-                "select_fn": "$lambda x: x != 0",
-                "allow_smaller": True,
-            }
-        )
-    spec = plan["intensity"]
-    if spec["scheme"] == "zscore":
-        steps.append({"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True})
-    else:
-        low, high, mean, std = spec["low"], spec["high"], spec["mean"], spec["std"]
-        steps.append(
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": "image",
-                "a_min": low,
-                "a_max": high,
-                "b_min": (low - mean) / std,
-                "b_max": (high - mean) / std,
-                "clip": True,
-            }
-        )
-    return steps
-
-
-def _inferer(description: dict[str, Any]) -> dict[str, Any]:
-    options = description["inference"]
-    inferer = {
-        "roi_size": description["patch_size"],
-        "sw_batch_size": options["sw_batch_size"],
-        "overlap": options["overlap"],
-        "mode": "gaussian",
-    }
-    if description.get("slice_axis") is not None:  # a 2D network over a volume, slice by slice
-        return {"_target_": "SliceInferer", "spatial_dim": description["slice_axis"], "progress": False, **inferer}
-    return {"_target_": "SlidingWindowInferer", **inferer}
-
-
-def _largest_component(description: dict[str, Any]) -> list[dict[str, Any]]:
-    """The post-processing training chose on its validation cases, as ``pipeline.inference.postprocess`` runs it."""
-    classes = (description.get("postprocess") or {}).get("largest_component_classes") or []
-    if not classes:
-        return []
-    return [
-        {
-            "_target_": "KeepLargestConnectedComponentd",
-            "keys": "pred",
-            "applied_labels": list(classes),
-            "is_onehot": False,
-            "independent": True,
-        }
-    ]
-
-
 def _network_definition(network: torch.nn.Module, description: dict[str, Any]) -> dict[str, Any]:
     arguments = {k: v for k, v in description["network"].items() if k != "name"}
     return {"_target_": f"{type(network).__module__}.{type(network).__qualname__}", **arguments}
 
 
 def inference_config(network: torch.nn.Module, description: dict[str, Any]) -> dict[str, Any]:
-    n_classes = len(description["labels"])
+    """Overridable from the command line as MONAI bundles are: ``--dataset_dir``, ``--datalist`` (files or
+    folders), ``--output_dir``, ``--tta``."""
     return {
-        "imports": ["$import glob", "$import os"],
+        "imports": ["$from pipeline.export.bundle import segment_with_bundle"],
         "bundle_root": ".",
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "dataset_dir": "$@bundle_root + '/input'",
-        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))",
+        "datalist": "$[@dataset_dir]",
         "output_dir": "$@bundle_root + '/eval'",
+        "tta": False,  # as `medseg segment` without --tta
         "network_def": _network_definition(network, description),
-        "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": _preprocessing(description["preprocess"])},
-        "dataset": {
-            "_target_": "Dataset",
-            "data": "$[{'image': path} for path in @datalist]",
-            "transform": "@preprocessing",
-        },
-        "dataloader": {
-            "_target_": "DataLoader",
-            "dataset": "@dataset",
-            "batch_size": 1,
-            "shuffle": False,
-            "num_workers": 0,
-        },
-        "inferer": _inferer(description),
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                # probabilities, not labels, go back to the input grid (interpolated), then the most likely class
-                {
-                    "_target_": "Invertd",
-                    "keys": "pred",
-                    "transform": "@preprocessing",
-                    "orig_keys": "image",
-                    "nearest_interp": False,
-                    "to_tensor": True,
-                },
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                *_largest_component(description),
-                {
-                    "_target_": "MapLabelValued",
-                    "keys": "pred",
-                    "orig_labels": list(range(n_classes)),
-                    "target_labels": list(description["label_values"]),
-                    "dtype": "$numpy.uint8",
-                },
-                {
-                    "_target_": "SaveImaged",
-                    "keys": "pred",
-                    "output_dir": "@output_dir",
-                    "output_postfix": "",
-                    "output_ext": ".nii.gz",
-                    "output_dtype": "$numpy.uint8",
-                    "resample": False,
-                    "separate_folder": False,
-                },
-            ],
-        },
-        "handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": f"$@bundle_root + '/{BUNDLE_WEIGHTS.as_posix()}'",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },
-            {"_target_": "StatsHandler", "iteration_log": False},
-        ],
-        "evaluator": {
-            "_target_": "SupervisedEvaluator",
-            "device": "@device",
-            "val_data_loader": "@dataloader",
-            "network": "@network",
-            "inferer": "@inferer",
-            "postprocessing": "@postprocessing",
-            "val_handlers": "@handlers",
-            "amp": False,
-        },
-        "run": ["$@evaluator.run()"],
+        "run": ["$segment_with_bundle(@bundle_root, @datalist, @output_dir, @tta)"],
     }
+
+
+def segment_with_bundle(bundle_root: str, inputs: list[str], output_dir: str, tta: bool = False) -> None:
+    """What the bundle's ``run`` calls: ``medseg segment`` with the bundle folder as the model."""
+    from pipeline.inference.segment import segment
+
+    failures = segment([Path(path) for path in inputs], Path(output_dir), Path(bundle_root), tta=bool(tta))
+    if failures:
+        raise ModelError("; ".join(f"{path}: {reason}" for path, reason in failures))
 
 
 def readme(description: dict[str, Any]) -> str:
@@ -309,16 +174,17 @@ def readme(description: dict[str, Any]) -> str:
 
 ## Run it
 
-From this folder (needs `monai`, `nibabel`, `pytorch-ignite` and `fire`):
+From this folder, where medseg is installed (`pip install medseg`; the bundle runs medseg's own predictor, so
+that its labels are exactly those of `medseg segment`):
 
 ```bash
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/scans --output_dir labels
 ```
 
-Every `*.nii` / `*.nii.gz` under `--dataset_dir` gives `labels/<same name>`, a uint8 label map on the
-input's own grid. One file: `--datalist "['/path/to/scan.nii.gz']"`. From elsewhere, add
-`--bundle_root /path/to/this/folder`. `medseg segment scan.nii.gz -o labels --model /path/to/this/folder`
-gives the same labels.
+Every volume under `--dataset_dir` (NIfTI, NRRD, MetaImage, DICOM series folders) gives `labels/<same name>`,
+a label map on the input's own grid. Files or folders: `--datalist "['/path/to/scan.nii.gz']"`; mirroring
+test-time augmentation: `--tta true`. From elsewhere, add `--bundle_root /path/to/this/folder`.
+`medseg segment scan.nii.gz -o labels --model /path/to/this/folder` is the same run.
 
 ## Labels
 
@@ -330,7 +196,7 @@ gives the same labels.
 
 1. Reorient to {plan["orientation"]}, resample to {plan["spacing"]} mm (linear), {"crop to the non-zero region, " if plan["crop_foreground"] else ""}normalise intensity ({plan["intensity"]["scheme"]}).
 2. {"2D patches on each slice along axis " + str(description["slice_axis"]) + ", " if description.get("slice_axis") is not None else ""}sliding window of {description["patch_size"]} voxels, overlap {description["inference"]["overlap"]}, Gaussian weighting.
-3. Softmax; the probabilities are mapped back onto the input grid (the inverse of step 1), then the most likely class is taken and written with the values above.
+3. Softmax (averaged over every mirroring with `--tta true`); the probabilities are mapped back onto the input grid (the inverse of step 1), then the most likely class is taken{", the largest connected component kept for classes " + str(description["postprocess"]["largest_component_classes"]) if (description.get("postprocess") or {}).get("largest_component_classes") else ""} and written with the values above.
 
 `models/model.pt` is the network's state dict; `configs/metadata.json` describes inputs and outputs, and
 holds medseg's full description of the model under `medseg` (preprocessing plan, patch size, training

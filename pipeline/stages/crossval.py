@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import Params, flatten
+from pipeline.config import Params
 from pipeline.data.split import split
 from pipeline.errors import DatasetError
 from pipeline.evaluation.scoring import METRICS_FILE
 from pipeline.files import write_csv, write_json
+from pipeline.params import flatten
 from pipeline.provenance import provenance_tags
 from pipeline.stages.evaluate import evaluate, mlflow_metrics
 from pipeline.stages.train import train

@@ -11,7 +11,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -22,16 +22,15 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.errors import MedsegError, ModelError
+from pipeline.errors import MedsegError
 from pipeline.networks.model import check_finite
 from pipeline.provenance import key_digest
+from pipeline.tracking.aliases import CHALLENGER, CHAMPION, SCORE, Move, Version, reason_for, targets
 from pipeline.tracking.offline import RunLog
 from pipeline.tracking.runs import configure, describe_error
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-SCORE = "eval_dice_mean"  # the evaluation's mean Dice over classes and validation cases
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 MODEL_NAME = "model"  # the MLflow model's name in its run (runs:/<id>/model)
 REGISTER_OP = "register"  # a registration kept for `medseg runs sync` while the server was away
@@ -116,86 +115,36 @@ def _version_for(run: RunLog, network: torch.nn.Module, model_file: Path, patch_
     return found[0]
 
 
-@dataclass(frozen=True)
-class _Version:
-    number: int
-    score: float | None
-    key: str | None
-    parts: dict[str, str] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True)
-class _Move:
-    """A person's move of an alias: only versions newer than ``newest`` (the newest then) can take it back."""
-
-    version: int
-    newest: int
-    by: str
-    at: str
-    note: str = ""
-
-
-def _versions(client: MlflowClient, name: str) -> list[_Version]:
+def _versions(client: MlflowClient, name: str) -> list[Version]:
     """Every version with its latest evaluation's score and comparison key (None before its first)."""
     found = []
     for registered in client.search_model_versions(f"name='{name}'"):
         tags = registered.tags
         score = float(tags[SCORE]) if SCORE in tags else None
         parts = {k[len(KEY_PREFIX) :]: v for k, v in tags.items() if k.startswith(KEY_PREFIX)}
-        found.append(_Version(int(registered.version), score, tags.get(KEY), parts))
+        found.append(Version(int(registered.version), score, tags.get(KEY), parts))
     return sorted(found, key=lambda v: v.number)
 
 
-def _state(client: MlflowClient, name: str) -> tuple[dict[str, int], dict[str, _Move]]:
+def _state(client: MlflowClient, name: str) -> tuple[dict[str, int], dict[str, Move]]:
     """Where the aliases are, and the moves people made."""
     model = client.get_registered_model(name)
     holders = {alias: int(number) for alias, number in model.aliases.items() if alias in (CHAMPION, CHALLENGER)}
     moves = {
-        a: _Move(**json.loads(model.tags[MOVED.format(a)]))
+        a: Move(**json.loads(model.tags[MOVED.format(a)]))
         for a in (CHAMPION, CHALLENGER)
         if MOVED.format(a) in model.tags
     }
     return holders, moves
 
 
-def _best(versions: list[_Version]) -> _Version:
-    """The highest score; of equal scores, the older version."""
-    return max(versions, key=lambda v: (v.score, -v.number))
-
-
-def _kept(scored: list[_Version], move: _Move | None) -> _Version | None:
-    """Where a person's move leaves an alias: on the version moved to, unless a later version beats it on its key."""
-    moved = next((v for v in scored if move and v.number == move.version), None)
-    if moved is None:
-        return None
-    later = [v for v in scored if v.number > move.newest and v.key == moved.key and v.score > moved.score]
-    return _best([moved, *later])
-
-
-def _target(versions: list[_Version], champion: int | None, moves: dict[str, _Move] | None = None) -> dict[str, int]:
-    """Where the aliases belong: ``champion`` on the best score within the comparison key of the current champion
-    (the oldest scored version's while there is none), ties to the older version; ``challenger`` on the newest other
-    scored version. A person's move holds until a later version beats it on its key. A function of the versions and
-    the recorded moves alone, so every evaluation computes the same answer."""
-    scored, moves = [v for v in versions if v.score is not None], moves or {}
-    if not scored:
-        return {}
-    current = next((v for v in scored if v.number == champion), scored[0])
-    best = _kept(scored, moves.get(CHAMPION)) or _best([v for v in scored if v.key == current.key])
-    challenger = _kept(scored, moves.get(CHALLENGER))
-    if challenger is None or challenger.number == best.number:
-        others = [v for v in scored if v.number != best.number]
-        challenger = others[-1] if others else None
-    return {CHAMPION: best.number, **({CHALLENGER: challenger.number} if challenger else {})}
-
-
-def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[_Version], dict[str, _Move]]:
+def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[Version], dict[str, Move]]:
     """Move the aliases to their target until a fresh look finds them there, then say why each stands there. MLflow
     has no compare-and-set, but since every evaluation aims at the same target and checks after its own last move,
     the last one to move an alias corrects whatever an evaluation with an older view wrote before it."""
     for _ in range(10):
         versions, (holders, moves) = _versions(client, name), _state(client, name)
-        target = _target(versions, holders.get(CHAMPION), moves)
+        target = targets(versions, holders.get(CHAMPION), moves)
         if all(holders.get(alias) == number for alias, number in target.items()):
             break
         for alias, number in target.items():
@@ -205,7 +154,7 @@ def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[_Vers
         log.warning("%s: the aliases kept moving under concurrent evaluations; look at them in the registry", name)
     for alias, number in target.items():
         _concurrently(
-            client.set_registered_model_tag, name, WHY.format(alias), _reason(number, target, versions, moves)[1]
+            client.set_registered_model_tag, name, WHY.format(alias), reason_for(number, target, versions, moves)[1]
         )
     return target, versions, moves
 
@@ -217,47 +166,6 @@ def _concurrently(write, *args) -> None:
         write(*args)
     except MlflowException as err:
         log.info("registry write refused, another evaluation made it at the same time: %s", describe_error(err)[:300])
-
-
-def _differs(own: _Version, other: _Version) -> str:
-    return ", ".join(k for k in sorted(own.parts) if own.parts[k] != other.parts.get(k)) or "its parts"
-
-
-def _rival(own: _Version, versions: list[_Version], moves: dict[str, _Move]) -> _Version | None:
-    """Whom a champion beat: the version a person had moved it to, else the best other one on its key."""
-    move = moves.get(CHAMPION)
-    moved = next((v for v in versions if move and v.number == move.version != own.number), None)
-    rivals = [v for v in versions if v.number != own.number and v.key == own.key and v.score is not None]
-    return moved or (_best(rivals) if rivals else None)
-
-
-def _reason(
-    number: int, target: dict[str, int], versions: list[_Version], moves: dict[str, _Move]
-) -> tuple[str, str, float | None]:
-    """This version's alias, why, and the score it was measured against."""
-    by_number = {v.number: v for v in versions}
-    own, champion = by_number[number], by_number[target[CHAMPION]]
-    alias = next((a for a, n in target.items() if n == number), "none (a newer version is challenger)")
-    on_key, move = f"on comparison key {own.key}", moves.get(alias)
-    if move and move.version == number:
-        note = f" ({move.note})" if move.note else ""
-        why = f"moved here by {move.by} at {move.at}{note}; kept until a person moves it or a later version scores better {on_key}"
-        return alias, why, None
-    if alias == CHAMPION:
-        rival = _rival(own, versions, moves)
-        if rival is None:
-            return CHAMPION, f"the only version scored {on_key}", None
-        return (
-            CHAMPION,
-            f"{SCORE} {own.score:.4f} beats version {rival.number}'s {rival.score:.4f} {on_key}",
-            rival.score,
-        )
-    if champion.key != own.key:
-        differs = _differs(own, champion)
-        why = f"scored {on_key}, the champion (version {champion.number}) on {champion.key}: not compared (differs in {differs})"
-        return alias, why, champion.score
-    why = f"{SCORE} {own.score:.4f} does not beat version {champion.number}'s {champion.score:.4f} {on_key}"
-    return alias, why, champion.score
 
 
 def _evaluated(client: MlflowClient, name: str, number: int, score: float, key: dict[str, str]) -> None:
@@ -292,7 +200,7 @@ def register(
     number = _version_for(run, network, model_file, patch_size, name)
     _evaluated(run.client, name, number, score, key)
     target, versions, moves = _settle(run.client, name)
-    alias, reason, champion_score = _reason(number, target, versions, moves)
+    alias, reason, champion_score = reason_for(number, target, versions, moves)
     record = {"score": score, "key": key, "run": run.run_id, "alias": alias, "reason": reason}
     run.client.set_model_version_tag(name, str(number), f"{EVALUATION_PREFIX}{evaluated_at}", json.dumps(record))
     decision = Decision(name, str(number), alias, reason, score, champion_score)
@@ -313,33 +221,8 @@ def move_alias(name: str, alias: str, number: int, note: str = "") -> str:
         raise MedsegError(f"{name}: only {CHAMPION} or {CHALLENGER} can be moved, to an evaluated version")
     newest = max(v.number for v in versions)
     who = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
-    move = _Move(number, newest, who, _now(), note)
+    move = Move(number, newest, who, _now(), note)
     client.set_registered_model_tag(name, MOVED.format(alias), json.dumps(asdict(move)))
     client.set_registered_model_alias(name, alias, str(number))
     target, versions, moves = _settle(client, name)
-    return _reason(target[alias], target, versions, moves)[1]
-
-
-def is_model_uri(text: str) -> bool:
-    return str(text).startswith(MODEL_URI_SCHEMES)
-
-
-def local_model_file(model: Path | str) -> Path:
-    """``model`` itself, or where it is an MLflow URI the model file downloaded from it (every Ray worker then
-    loads that same file)."""
-    if str(model).startswith(("models:/", "runs:/")):
-        return download_model_file(str(model))
-    return Path(model)
-
-
-def download_model_file(uri: str) -> Path:
-    """The ``model.pt`` that a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/ID/model`` URI holds."""
-    tracking_uri = configure()
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as err:  # MLflow raises several types for an unknown name, alias, version or run
-        raise ModelError(f"{uri}: does not resolve in MLflow at {tracking_uri} ({describe_error(err)[:300]})") from None
-    found = sorted(local.rglob("model.pt")) if local.is_dir() else [local]
-    if not found:
-        raise ModelError(f"{uri}: resolves in MLflow at {tracking_uri}, but holds no model.pt")
-    return found[0]
+    return reason_for(target[alias], target, versions, moves)[1]

@@ -18,11 +18,12 @@ import torch
 from monai.data import DataLoader
 from monai.utils import set_determinism
 
-from pipeline.config import Params, flatten, params_yaml
+from pipeline.config import Params
 from pipeline.files import write_csv, write_json
 from pipeline.inference.postprocess import decide_largest_component
 from pipeline.inference.predictor import validation_label_maps
 from pipeline.networks.model import describe, save_model
+from pipeline.params import flatten, params_yaml
 from pipeline.provenance import git_commit, lineage_files, provenance_tags
 from pipeline.run_log import OpenRun, RunLogger
 from pipeline.training import distributed
