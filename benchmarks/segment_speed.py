@@ -12,7 +12,9 @@ intensity plan at 1.5 mm and ``--ct-classes`` classes: the full-volume buffers, 
 set its memory, so the network is tiny and its seconds say little about a real model's.
 
 Each configuration runs in a fresh process, which reports its own peak resident set size
-(``getrusage``), so that one configuration's memory does not hide another's.
+(``getrusage``), so that one configuration's memory does not hide another's. The figures are appended to
+``benchmarks/results/segment_speed.csv`` (``--results``; ``--no-record`` only prints them), which the
+documentation's Measured page renders.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import record
 
 ROOT = Path(__file__).resolve().parents[1]
 CT_EXAMPLE = ROOT.parent / "shared" / "datasets" / "ct-example" / "example_ct.nii.gz"
@@ -151,6 +155,8 @@ def main() -> None:
     )
     parser.add_argument("--skip-hippocampus", action="store_true")
     parser.add_argument("--skip-ct", action="store_true")
+    parser.add_argument("--results", type=Path, default=record.RESULTS / "segment_speed.csv")
+    parser.add_argument("--no-record", action="store_true", help="print the figures, append them nowhere")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -160,6 +166,7 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU only, {os.cpu_count()} cores"
     print(f"segmentation on {device}; each configuration in its own process")
+    rows = []
     if not args.skip_hippocampus:
         if not args.model.is_file():
             sys.exit(f"{args.model}: no trained model (run `dvc repro`, or pass --model); or use --skip-hippocampus")
@@ -173,6 +180,16 @@ def main() -> None:
                 f"  hippocampus, {figures['cases']} validation cases, TTA {'on ' if tta else 'off'}: "
                 f"{figures['s_per_volume']:.3f} s/volume (median), mean Dice {figures['dice_mean']:.4f}, "
                 f"peak memory {figures['peak_rss_gib']:.2f} GiB"
+            )
+            rows.append(
+                {
+                    "configuration": f"(a) hippocampus, {figures['cases']} validation cases from the raw files, "
+                    f"TTA {'on (8 mirrorings)' if tta else 'off'}",
+                    "s_per_volume": f"{figures['s_per_volume']:.3g}",
+                    "mean_dice": f"{figures['dice_mean']:.4f}",
+                    "peak_memory_gib": f"{figures['peak_rss_gib']:.2f}",
+                    "note": f"median seconds; model {args.model}",
+                }
             )
     if not args.skip_ct:
         with tempfile.TemporaryDirectory() as scratch:
@@ -188,6 +205,19 @@ def main() -> None:
                     f"{', with --probabilities' if probabilities else ''}: {figures['s_per_volume']:.1f} s/volume, "
                     f"peak memory {figures['peak_rss_gib']:.2f} GiB"
                 )
+                rows.append(
+                    {
+                        "configuration": "(b) CT 512x512x300 (example_ct.nii.gz resampled, int16), "
+                        f"{args.ct_classes} classes, medseg segment, "
+                        f"TTA {'on' if tta else 'off'}{', --probabilities' if probabilities else ''}",
+                        "s_per_volume": f"{figures['s_per_volume']:.3g}",
+                        "peak_memory_gib": f"{figures['peak_rss_gib']:.2f}",
+                        "note": "an untrained, tiny network",
+                    }
+                )
+    if rows and not args.no_record:
+        accelerator = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        record.append("segment_speed.csv", rows, accelerator, path=args.results)
 
 
 if __name__ == "__main__":

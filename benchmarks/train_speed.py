@@ -9,7 +9,9 @@ params' training (and each variant: params overridden with KEY=VALUE pairs separ
 prints the median over the epochs after the first of: samples/s, voxels/s, the share of the
 step's time spent waiting for data, and the step's achieved FLOP/s as a share of this
 machine's measured matrix-multiply ceiling in the step's precision. On a GPU, also the peak
-memory. The models are thrown away; runs go to a temporary MLflow store.
+memory. The models are thrown away; runs go to a temporary MLflow store. The figures are appended to
+``benchmarks/results/train_speed.csv`` (``--results``; ``--no-record`` only prints them), which the
+documentation's Measured page renders.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # the figures, not progress bars
 import pandas as pd
 import plain_monai_loop as plain
+import record
 import torch
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
@@ -95,7 +98,8 @@ def measure_plain(args: argparse.Namespace, ceiling: float) -> dict[str, float]:
     return _figures(pd.DataFrame(rows[1:]), math.prod(plain.PATCH), flops, ceiling)
 
 
-def measure_medseg(args: argparse.Namespace, params: Params, ceilings: dict) -> dict[str, float]:
+def measure_medseg(args: argparse.Namespace, params: Params, ceilings: dict) -> tuple[dict[str, float], torch.dtype]:
+    """The figures, and the precision whose ceiling they are measured against."""
     params.train = params.train.model_copy(update={"epochs": args.epochs, "val_every": args.epochs})
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
@@ -105,7 +109,7 @@ def measure_medseg(args: argparse.Namespace, params: Params, ceilings: dict) -> 
     patch = description["patch_size"]
     precision = autocast_dtype(params.train.amp, torch.device("cpu"))
     flops = step_flops(network.train(), patch, 1, precision)
-    return _figures(history, math.prod(patch), flops, ceilings[precision or torch.float32])
+    return _figures(history, math.prod(patch), flops, ceilings[precision or torch.float32]), precision or torch.float32
 
 
 def main() -> None:
@@ -116,6 +120,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="at least 2: the first is not counted")
     parser.add_argument("--variant", action="append", default=[], help="KEY=VALUE[;KEY=VALUE...] over the params")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain MONAI loop")
+    parser.add_argument("--results", type=Path, default=record.RESULTS / "train_speed.csv")
+    parser.add_argument("--no-record", action="store_true", help="print the figures, append them nowhere")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -124,24 +130,37 @@ def main() -> None:
     print(f"{name}: medians of epochs 2-{args.epochs}; matrix-multiply ceiling", end="")
     print(", ".join(f" {str(d).removeprefix('torch.')} {c / 1e9:.0f} GFLOP/s" for d, c in ceilings.items()))
 
-    def show(label: str, figures: dict[str, float], reference: dict[str, float] | None) -> None:
+    rows = []
+
+    def show(label: str, figures: dict[str, float], reference: dict[str, float] | None, dtype: torch.dtype) -> None:
         text = ", ".join(f"{k} {v:.3g}" for k, v in figures.items())
         ratio = (
             f" ({figures['Mvoxels/s'] / reference['Mvoxels/s']:.2f}x the plain loop's voxels/s)" if reference else ""
         )
         print(f"  {label}: {text}{ratio}", flush=True)
+        rows.append(
+            {
+                "configuration": label,
+                "samples_per_s": f"{figures['samples/s']:.3g}",
+                "mvoxels_per_s": f"{figures['Mvoxels/s']:.3g}",
+                "vs_plain_loop": f"{figures['Mvoxels/s'] / reference['Mvoxels/s']:.2f}" if reference else "",
+                "data_wait": f"{figures['data wait']:.3f}",
+                "precision": str(dtype).removeprefix("torch."),
+                "flops_share": f"{figures['FLOP/s share']:.2g}",
+                "ceiling_gflops": f"{ceilings[dtype] / 1e9:.0f}",
+            }
+        )
 
     reference = None
     if not args.no_plain:
         reference = measure_plain(args, ceilings[torch.float32])
-        show("plain MONAI loop", reference, None)
+        show("plain MONAI loop", reference, None, torch.float32)
     params = load_params(args.params)
     for variant in ["", *args.variant]:
-        show(
-            f"{args.params}{' with ' + variant if variant else ''}",
-            measure_medseg(args, with_overrides(params, variant.split(";")), ceilings),
-            reference,
-        )
+        figures, dtype = measure_medseg(args, with_overrides(params, variant.split(";")), ceilings)
+        show(f"{args.params}{' with ' + variant if variant else ''}", figures, reference, dtype)
+    if not args.no_record:
+        record.append("train_speed.csv", rows, name if device.type == "cuda" else None, path=args.results)
 
 
 if __name__ == "__main__":
