@@ -4,7 +4,8 @@ small enough to read whole. README's Layout section names these layers."""
 import ast
 
 import pytest
-from imports import PACKAGE, ROOT, graph, modules
+
+from tests.imports import PACKAGE, ROOT, graph, modules
 
 # lower layers never import higher ones; a layer's own packages import each other only where listed in SIDEWAYS
 LAYERS = [

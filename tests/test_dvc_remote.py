@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import smoke_project
-from tests.test_tracking_offline import free_port
+from tests.tracking.test_offline import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from imports import ROOT, command_imports, module_path
+
+from tests.imports import ROOT, command_imports, module_path
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 

@@ -1,7 +1,7 @@
 """A MONAI bundle of a medseg model: the bundle layout and metadata MONAI's tools read, whose inference config
 runs medseg's own predictor (``pipeline.inference.segment``: preparation, sliding window, test-time augmentation,
 post-processing and the inverse onto the input grid), so that the bundle's labels are exactly those of
-``medseg segment`` (tests/test_export.py runs both). Restating the predictor as MONAI transforms in JSON made a
+``medseg segment`` (tests/export/test_export.py runs both). Restating the predictor as MONAI transforms in JSON made a
 second inference path, which disagreed on near-ties. ``network_def`` still builds the network for MONAI's tools
 (MONAI Label, fine-tuning); the metadata keeps medseg's description under ``medseg``, so that
 ``medseg segment --model BUNDLE`` reads the folder as a model.

@@ -35,6 +35,7 @@ def test_configure_writes_the_full_params_file(tmp_path):
     assert "epochs: 2" in text and "learning_rate:" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -53,6 +54,7 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_model_file_that_is_not_a_model_is_named(tmp_path):
     (tmp_path / "scan.nii.gz").write_bytes(b"")
     (tmp_path / "model.pt").write_text("hello")
@@ -63,6 +65,7 @@ def test_a_model_file_that_is_not_a_model_is_named(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @needs_shared
 def test_series_lists_a_study_and_convert_writes_the_chosen_one(tmp_path):
     study = SHARED / "dicom" / "mr-study"
@@ -78,6 +81,7 @@ def test_series_lists_a_study_and_convert_writes_the_chosen_one(tmp_path):
     assert np.allclose(volume.header.get_zooms(), (0.6875, 0.6875, 6.5), atol=1e-3)
 
 
+@pytest.mark.slow
 @needs_shared
 def test_convert_keeps_the_ct_series_geometry(tmp_path):
     result = medseg("convert", SHARED / "ct-example" / "example_ct_dicom", tmp_path / "ct.nii.gz", cwd=tmp_path)

@@ -26,6 +26,9 @@ from pipeline.tracking.models import local_model_file
 from pipeline.tracking.offline import RunLog
 from tests.conftest import HIPPOCAMPUS_FIXTURE, ROOT
 
+# trainings, MLflow stores or Ray workers: `make test` runs these, `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, smoke):

@@ -60,6 +60,7 @@ def test_isbi_slices_train_a_2d_unet_and_segment_pngs_with_their_label_values(is
     assert written.GetSize() == (128, 128) and set(np.unique(sitk.GetArrayViewFromImage(written))) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_slice_wise_training_on_volumes_segments_whole_volumes(isolated, hippocampus):
     params = Params.model_validate(
         {
@@ -122,6 +123,7 @@ def test_the_papers_unet_trains_on_weight_maps_and_segments_by_overlap_tile(isol
     assert sitk.ReadImage(str(isolated / "out" / "2.png")).GetSize() == (128, 128)
 
 
+@pytest.mark.slow
 def test_slice_wise_paper_unet_on_volumes_plans_a_valid_tile(isolated, hippocampus):
     params = Params.model_validate(
         {

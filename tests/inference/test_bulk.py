@@ -25,6 +25,9 @@ from pipeline.inference.segment import label_dtype, segment
 from pipeline.networks.model import build_network, describe, save_model
 from tests.conftest import HIPPOCAMPUS_FIXTURE, HIPPOCAMPUS_LABELS, MRI_PLAN
 
+# trainings, MLflow stores or Ray workers: `make test` runs these, `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 IMAGES = HIPPOCAMPUS_FIXTURE / "imagesTr"
 CASES = sorted(IMAGES.glob("*.nii.gz"))
 

@@ -102,6 +102,7 @@ def test_dataset_json_entries_outside_the_folder_or_repeated_are_rejected(hippoc
     assert "listed twice in dataset.json" in reasons and "points outside the dataset folder" in reasons
 
 
+@pytest.mark.slow
 def test_the_command_exits_1_when_something_is_rejected(hippocampus, tmp_path):
     command = [sys.executable, "-m", "pipeline", "validate", str(hippocampus), "--report", str(tmp_path / "r.csv")]
     clean = subprocess.run(command, capture_output=True, text=True)

@@ -10,7 +10,7 @@ from pipeline.inference.predictor import predict
 from pipeline.networks.model import load_model
 from pipeline.stages.train import train as train_stage
 from tests.conftest import write_volume
-from tests.test_inference import OracleOfBrightness, _description
+from tests.inference.test_predictor import OracleOfBrightness, _description
 
 
 def _cube(shape, corner, size):

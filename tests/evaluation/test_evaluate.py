@@ -23,6 +23,7 @@ def prepared(hippocampus, tiny_params, tmp_path):
     return prep, tmp_path / "split.json"
 
 
+@pytest.mark.slow
 def test_evaluate_writes_per_case_summary_report_and_logs_them(prepared, untrained_model, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with start("evaluate-test") as run:

@@ -129,6 +129,7 @@ def test_labels_from_pairs_json_and_dataset_json_files(tmp_path):
         parse_labels("liver")
 
 
+@pytest.mark.slow
 def test_the_command_scores_folders_and_names_mismatched_files(tmp_path):
     reference = _nifti_with(tmp_path, "ref/case.nii.gz", np.eye(4))
     _nifti_with(tmp_path, "pred/case.nii.gz", np.diag([1.0, 1.0, 2.0, 1.0]))

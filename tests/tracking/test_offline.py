@@ -25,6 +25,9 @@ from pipeline.tracking.models import local_model_file
 from pipeline.tracking.offline import RunLog, logged_run
 from pipeline.tracking.sync import sync
 
+# trainings, MLflow stores or Ray workers: `make test` runs these, `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
     with socket.socket() as probe:

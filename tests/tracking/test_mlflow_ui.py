@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_tracking_offline import free_port
+from tests.tracking.test_offline import free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

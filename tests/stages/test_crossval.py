@@ -16,6 +16,9 @@ from pipeline.data.split import split
 from pipeline.params import params_yaml
 from pipeline.stages.crossval import aggregate, cross_validate, fold_params
 
+# trainings, MLflow stores or Ray workers: `make test` runs these, `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 def test_aggregate_is_mean_and_population_std_over_folds():
     per_fold = pd.DataFrame({"fold": [0, 1, 2], "eval_dice_mean": [0.8, 0.9, 0.85]})

@@ -59,6 +59,7 @@ def test_training_writes_a_model_history_and_an_mlflow_run(prepared, tiny_params
     assert [m.step for m in history_of_loss] == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "speed",
     [{"amp": True}, {"amp": False}, {"compile": True}],
@@ -260,6 +261,7 @@ def test_skipping_non_finite_steps_still_stops_when_nothing_trains(prepared, tin
     assert not (prepared / "models" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_without_an_epoch_count_the_probe_fits_the_epochs_to_the_budget(prepared, tiny_params):
     budgeted = _with(tiny_params, epochs=None, val_every=None, amp="auto", budget_minutes=0.3)
     _train(prepared, budgeted, "models")

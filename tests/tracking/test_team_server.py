@@ -20,7 +20,7 @@ from pipeline.data.preprocess import preprocess
 from pipeline.data.split import split
 from pipeline.params import params_yaml
 from tests.conftest import ROOT
-from tests.test_tracking_offline import free_port, stop_server
+from tests.tracking.test_offline import free_port, stop_server
 
 pytestmark = pytest.mark.slow
 

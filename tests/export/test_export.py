@@ -66,6 +66,7 @@ def inputs(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
 def test_the_bundle_run_by_monai_gives_exactly_the_labels_of_segment(tmp_path, inputs, tta):
     model = _model(
@@ -204,6 +205,7 @@ def test_the_exported_network_through_the_same_window_labels_like_pytorch(tmp_pa
     assert exported["export"]["input"]["shape"] == ["batch", 1, "x", "y", "z"]
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_export_and_names_each_file(tmp_path, untrained_model):
     command = [sys.executable, "-m", "pipeline", "export", str(untrained_model), "--format", "torchscript"]
     result = subprocess.run([*command, "-o", str(tmp_path / "ts")], capture_output=True, text=True)
