@@ -56,7 +56,7 @@ def hippocampus(model: Path, prep: Path, split_json: Path, cases: int, tta: bool
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model, device)
-    n_classes = description["network"]["out_channels"]
+    n_classes = description.network.out_channels
     manifest = pd.read_csv(prep / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
     raw_dir = Path(json.loads((prep / "dataset.json").read_text())["raw_dir"])
     seconds, dice = [], []
@@ -67,7 +67,7 @@ def hippocampus(model: Path, prep: Path, split_json: Path, cases: int, tta: bool
         )
         seconds.append(time.perf_counter() - started)
         values = np.rint(read_image_array(raw_dir / manifest.at[case_id, "raw_label"])).astype(np.int64)
-        reference = class_indices(description["label_values"])[values]
+        reference = class_indices(description.label_values)[values]
         as_one_hot = [one_hot(torch.from_numpy(a.astype(np.int64))[None, None], n_classes) for a in (labels, reference)]
         dice.append(float(compute_dice(*as_one_hot, include_background=False, ignore_empty=False).mean()))
     return {
@@ -115,7 +115,7 @@ def ct_model(target: Path, n_classes: int) -> Path:
     }
     labels = {str(i): "background" if i == 0 else f"organ_{i}" for i in range(n_classes)}
     description = describe(params, labels, "CT", plan, [96, 96, 96])
-    save_model(target, build_network(description["network"]), description)
+    save_model(target, build_network(description.network), description)
     return target
 
 

@@ -106,7 +106,7 @@ def measure_medseg(args: argparse.Namespace, params: Params, ceilings: dict) -> 
         train(args.prep, args.split, Path(scratch) / "models", params)
         history = pd.read_csv(Path(scratch) / "models" / "history.csv").iloc[1:]
         network, description = load_model(Path(scratch) / "models" / "model.pt")
-    patch = description["patch_size"]
+    patch = description.patch_size
     precision = autocast_dtype(params.train.amp, torch.device("cpu"))
     flops = step_flops(network.train(), patch, 1, precision)
     return _figures(history, math.prod(patch), flops, ceilings[precision or torch.float32]), precision or torch.float32

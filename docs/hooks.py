@@ -481,7 +481,24 @@ def modules(page: Any, package: str) -> str:
     return _table(["module", "what it does"], body)
 
 
-MACROS = {"table": table, "histories": histories, "layers": layers, "modules": modules}
+def model_description(page: Any) -> str:
+    """The fields of the model description (``pipeline.networks.description.ModelDescription``) and its version."""
+    from pipeline.networks.description import FORMAT, ModelDescription
+
+    rows = [
+        [_code(name), _type_name(field.annotation), _escape(field.description or "")]
+        for name, field in ModelDescription.model_fields.items()
+    ]
+    return f"Format `{FORMAT}`.\n\n" + _table(["key", "type", "what"], rows)
+
+
+MACROS = {
+    "table": table,
+    "histories": histories,
+    "layers": layers,
+    "modules": modules,
+    "model_description": model_description,
+}
 
 
 def _call(page: Any, match: re.Match) -> str:

@@ -53,16 +53,16 @@ def _digest(content) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def comparison_key(split_json: Path, description: dict, tta: bool) -> dict[str, str]:
+def comparison_key(split_json: Path, plan: dict, postprocess: dict, tta: bool) -> dict[str, str]:
     """What an evaluation's score depends on besides the weights: the validation cases, the raw data (DVC's hash in
-    ``dvc.lock``), the preprocessing plan and post-processing the model carries, and test-time augmentation. Two
-    scores are comparable only where all of these agree."""
+    ``dvc.lock``), the preprocessing ``plan`` and the ``postprocess``-ing the model carries (``{}`` for none), and
+    test-time augmentation. Two scores are comparable only where all of these agree."""
     return {
         "split": validation_split_hash(split_json),
         "data": dvc_output_hash() or "unknown",
-        "plan": _digest(description["preprocess"]),
+        "plan": _digest(plan),
         "tta": str(bool(tta)).lower(),
-        "postprocess": _digest(description.get("postprocess") or {}),
+        "postprocess": _digest(postprocess),
     }
 
 

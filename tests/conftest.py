@@ -66,7 +66,7 @@ MRI_PLAN = {
 def untrained_model(tiny_params, tmp_path) -> Path:
     """A complete model file with random weights: enough wherever the geometry, not the accuracy, is tested."""
     description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size)
-    save_model(tmp_path / "untrained.pt", build_network(description["network"]), description)
+    save_model(tmp_path / "untrained.pt", build_network(description.network), description)
     return tmp_path / "untrained.pt"
 
 

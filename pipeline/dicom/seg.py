@@ -11,7 +11,6 @@ import hashlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -27,6 +26,7 @@ from pipeline.dicom.codes import property_codes
 from pipeline.dicom.sources import instance_uid, read_header, read_sources
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import BUNDLE_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,12 @@ SERIES_NUMBER_OFFSET = 1000  # the SEG's series number: its source's plus this, 
 LO = 64  # the longest Long String (LO) DICOM allows
 
 
-def algorithm(description: dict[str, Any], model_path: Path) -> hd.AlgorithmIdentificationSequence:
+def algorithm(description: ModelDescription, model_path: Path) -> hd.AlgorithmIdentificationSequence:
     """The model as DICOM identifies an algorithm: its name, its version (the training code's commit and
     MLflow run where the model file records them) and the file's SHA-256, so a SEG leads back to its model."""
-    provenance = description.get("provenance") or {}
-    labels = ", ".join(name for index, name in sorted(description["labels"].items(), key=lambda i: int(i[0]))[1:])
-    name = f"medseg {description['network']['name']} {description.get('modality', '')}: {labels}"
+    provenance = description.provenance or {}
+    labels = ", ".join(name for index, name in sorted(description.labels.items(), key=lambda i: int(i[0]))[1:])
+    name = f"medseg {description.network.name} {description.modality}: {labels}"
     commit, run = provenance.get("git_commit"), provenance.get("mlflow_run_id")
     version = " ".join(filter(None, [f"git {commit[:12]}" if commit else "", f"run {run}" if run else ""]))
     weights = model_path / BUNDLE_WEIGHTS if model_path.is_dir() else model_path  # a bundle folder: its weights
@@ -58,12 +58,12 @@ def algorithm(description: dict[str, Any], model_path: Path) -> hd.AlgorithmIden
 
 
 def segment_descriptions(
-    description: dict[str, Any], identification: hd.AlgorithmIdentificationSequence
+    description: ModelDescription, identification: hd.AlgorithmIdentificationSequence
 ) -> list[hd.seg.SegmentDescription]:
     """Segment k for class k (1..K-1; class 0 is the background), named and coded from the model's labels."""
     segments = []
-    for index in range(1, len(description["labels"])):
-        label = description["labels"][str(index)]
+    for index in range(1, len(description.labels)):
+        label = description.labels[str(index)]
         category, kind = property_codes(label)
         segments.append(
             hd.seg.SegmentDescription(
@@ -81,7 +81,7 @@ def segment_descriptions(
 
 
 def write_segmentation(
-    classes: np.ndarray, series: Series, description: dict[str, Any], model_path: Path, path: Path
+    classes: np.ndarray, series: Series, description: ModelDescription, model_path: Path, path: Path
 ) -> None:
     """Write ``classes`` (class indices, indexed x, y, slice like the volume read from ``series``) as a binary
     SEG. Frame k is the slice of ``series.files[k]``, as SimpleITK stacks them; each frame carries its source

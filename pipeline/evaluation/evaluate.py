@@ -39,7 +39,7 @@ def evaluate(
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model_path, device)
-    labels = {int(k): v for k, v in description["labels"].items()}
+    labels = {int(k): v for k, v in description.labels.items()}
     classes = {k: labels[k] for k in sorted(labels) if k != 0}  # class indices, as predictions hold them
     manifest = pd.read_csv(Path(prep_dir) / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
     raw_dir = Path(json.loads((Path(prep_dir) / "dataset.json").read_text())["raw_dir"])
@@ -52,7 +52,7 @@ def evaluate(
         return LabelledCase(
             case_id,
             prediction=predict(network, description, image, device, tta),
-            reference=class_indices(description["label_values"])[values],
+            reference=class_indices(description.label_values)[values],
             spacing=tuple(raw_image.GetSpacing()),
             image=image[0].numpy(),
         )

@@ -19,6 +19,7 @@ import torch
 
 from pipeline.errors import ModelError
 from pipeline.files import atomic_path, write_json, write_text
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import BUNDLE_METADATA, BUNDLE_WEIGHTS
 
 BUNDLE_VERSION = "0.1.0"
@@ -28,7 +29,7 @@ BUNDLE_README = Path("docs/README.md")
 DICOM_MODALITY = {"MRI": "MR", "MR": "MR", "CT": "CT"}
 
 
-def write_bundle(network: torch.nn.Module, description: dict[str, Any], out: Path) -> list[Path]:
+def write_bundle(network: torch.nn.Module, description: ModelDescription, out: Path) -> list[Path]:
     _check_expressible(network, description)
     written = [out / BUNDLE_METADATA, out / INFERENCE_CONFIG, out / BUNDLE_WEIGHTS, out / BUNDLE_README]
     write_json(written[0], metadata(description))
@@ -39,14 +40,14 @@ def write_bundle(network: torch.nn.Module, description: dict[str, Any], out: Pat
     return written
 
 
-def _check_expressible(network: torch.nn.Module, description: dict[str, Any]) -> None:
-    name = description["network"]["name"]
+def _check_expressible(network: torch.nn.Module, description: ModelDescription) -> None:
+    name = description.network.name
     if not type(network).__module__.startswith("monai."):
         raise ModelError(
             f"network '{name}' is not a MONAI network, so a MONAI bundle cannot define it (nor its "
             "overlap-tile inference); export it with --format torchscript or --format onnx"
         )
-    if description["network"]["spatial_dims"] == 2 and description.get("slice_axis") is None:
+    if description.network.spatial_dims == 2 and description.slice_axis is None:
         raise ModelError(
             "a bundle runs on volumes (NIfTI); this model segments 2D images: "
             "export it with --format torchscript or --format onnx"
@@ -60,25 +61,25 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _summary(description: dict[str, Any]) -> str:
-    classes = ", ".join(name for index, name in description["labels"].items() if index != "0")
-    provenance = description.get("provenance") or {}
+def _summary(description: ModelDescription) -> str:
+    classes = ", ".join(name for index, name in description.labels.items() if index != "0")
+    provenance = description.provenance or {}
     trained = (
         f"trained for {provenance['epochs']} epochs (git commit {provenance.get('git_commit') or 'unknown'}, "
         f"MLflow run {provenance.get('mlflow_run_id')})"
         if provenance
         else "untrained (no provenance recorded)"
     )
-    return f"{description['network']['name']} segmenting {classes} in {description['modality']} volumes; {trained}"
+    return f"{description.network.name} segmenting {classes} in {description.modality} volumes; {trained}"
 
 
-def metadata(description: dict[str, Any]) -> dict[str, Any]:
+def metadata(description: ModelDescription) -> dict[str, Any]:
     """MONAI's bundle metadata (meta_schema conventions), with the medseg description under ``medseg``."""
-    provenance = description.get("provenance") or {}
+    provenance = description.provenance or {}
     data = (provenance.get("params") or {}).get("data") or {}
-    channels = {index: name for index, name in description["labels"].items()}
-    patch = list(description["patch_size"])
-    modality = DICOM_MODALITY.get(description["modality"].upper(), description["modality"])
+    channels = {index: name for index, name in description.labels.items()}
+    patch = list(description.patch_size)
+    modality = DICOM_MODALITY.get(description.modality.upper(), description.modality)
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
         "version": BUNDLE_VERSION,
@@ -89,7 +90,7 @@ def metadata(description: dict[str, Any]) -> dict[str, Any]:
         "required_packages_version": {
             name: _package_version(name) for name in ("medseg", "nibabel") if _package_version(name)
         },
-        "name": f"medseg {description['network']['name']} ({', '.join(channels.values())})",
+        "name": f"medseg {description.network.name} ({', '.join(channels.values())})",
         "task": f"{modality} segmentation of {', '.join(list(channels.values())[1:])}",
         "description": _summary(description),
         "authors": "medseg (https://monai.io pipeline); see provenance under 'medseg'",
@@ -97,8 +98,8 @@ def metadata(description: dict[str, Any]) -> dict[str, Any]:
         "data_source": str(data.get("source", "unknown")),
         "data_type": "nibabel",
         "image_classes": f"single channel {modality} intensity",
-        "label_classes": ", ".join(f"{description['label_values'][int(i)]}: {n}" for i, n in channels.items()),
-        "pred_classes": ", ".join(f"{description['label_values'][int(i)]}: {n}" for i, n in channels.items()),
+        "label_classes": ", ".join(f"{description.label_values[int(i)]}: {n}" for i, n in channels.items()),
+        "pred_classes": ", ".join(f"{description.label_values[int(i)]}: {n}" for i, n in channels.items()),
         "eval_metrics": provenance.get("final_val_dice", {}),
         "intended_use": "research; not validated for clinical use",
         "references": ["https://monai.io"],
@@ -129,16 +130,16 @@ def metadata(description: dict[str, Any]) -> dict[str, Any]:
                 }
             },
         },
-        "medseg": description,
+        "medseg": description.to_saved(),
     }
 
 
-def _network_definition(network: torch.nn.Module, description: dict[str, Any]) -> dict[str, Any]:
-    arguments = {k: v for k, v in description["network"].items() if k != "name"}
+def _network_definition(network: torch.nn.Module, description: ModelDescription) -> dict[str, Any]:
+    arguments = description.network.arguments()
     return {"_target_": f"{type(network).__module__}.{type(network).__qualname__}", **arguments}
 
 
-def inference_config(network: torch.nn.Module, description: dict[str, Any]) -> dict[str, Any]:
+def inference_config(network: torch.nn.Module, description: ModelDescription) -> dict[str, Any]:
     """Overridable from the command line as MONAI bundles are: ``--dataset_dir``, ``--datalist`` (files or
     folders), ``--output_dir``, ``--tta``."""
     return {
@@ -162,13 +163,13 @@ def segment_with_bundle(bundle_root: str, inputs: list[str], output_dir: str, tt
         raise ModelError("; ".join(f"{path}: {reason}" for path, reason in failures))
 
 
-def readme(description: dict[str, Any]) -> str:
-    plan = description["preprocess"]
+def readme(description: ModelDescription) -> str:
+    plan = description.preprocess
     labels = "\n".join(
-        f"| {description['label_values'][int(index)]} | {name} |" for index, name in description["labels"].items()
+        f"| {description.label_values[int(index)]} | {name} |" for index, name in description.labels.items()
     )
-    provenance = description.get("provenance") or {}
-    return f"""# {description["network"]["name"]} model exported by medseg
+    provenance = description.provenance or {}
+    return f"""# {description.network.name} model exported by medseg
 
 {_summary(description)}.
 
@@ -195,8 +196,8 @@ test-time augmentation: `--tta true`. From elsewhere, add `--bundle_root /path/t
 ## What runs
 
 1. Reorient to {plan["orientation"]}, resample to {plan["spacing"]} mm (linear), {"crop to the non-zero region, " if plan["crop_foreground"] else ""}normalise intensity ({plan["intensity"]["scheme"]}).
-2. {"2D patches on each slice along axis " + str(description["slice_axis"]) + ", " if description.get("slice_axis") is not None else ""}sliding window of {description["patch_size"]} voxels, overlap {description["inference"]["overlap"]}, Gaussian weighting.
-3. Softmax (averaged over every mirroring with `--tta true`); the probabilities are mapped back onto the input grid (the inverse of step 1), then the most likely class is taken{", the largest connected component kept for classes " + str(description["postprocess"]["largest_component_classes"]) if (description.get("postprocess") or {}).get("largest_component_classes") else ""} and written with the values above.
+2. {"2D patches on each slice along axis " + str(description.slice_axis) + ", " if description.slice_axis is not None else ""}sliding window of {description.patch_size} voxels, overlap {description.inference.overlap}, Gaussian weighting.
+3. Softmax (averaged over every mirroring with `--tta true`); the probabilities are mapped back onto the input grid (the inverse of step 1), then the most likely class is taken{", the largest connected component kept for classes " + str(description.largest_component_classes) if description.largest_component_classes else ""} and written with the values above.
 
 `models/model.pt` is the network's state dict; `configs/metadata.json` describes inputs and outputs, and
 holds medseg's full description of the model under `medseg` (preprocessing plan, patch size, training

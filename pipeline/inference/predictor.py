@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from math import prod
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,6 +17,7 @@ from monai.inferers import SliceInferer, sliding_window_inference
 
 from pipeline.data.transforms import IMAGE, prepare
 from pipeline.inference.postprocess import keep_largest_component
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.unet_paper import overlap_tile_logits
 
 PROBABILITY_SCALE = 255  # a probability p is stored as round(255 p) in uint8
@@ -45,27 +45,27 @@ class MirroredSoftmax(torch.nn.Module):
 def sliding_window_logits(
     network: torch.nn.Module,
     images: torch.Tensor,
-    description: dict[str, Any],
+    description: ModelDescription,
     compute_device: torch.device | None = None,
 ) -> torch.Tensor:
     """Logits for a batch of prepared images, tiled with Gaussian-weighted overlapping patches
     (2D patches on each slice, where a 2D network was trained on slices of volumes); the U-Net
     of the paper tiles its own way (overlap-tile). Windows run on ``compute_device`` (by default
     the images'); the output is stitched where the images are."""
-    options = {"roi_size": description["patch_size"], "sw_batch_size": description["inference"]["sw_batch_size"]}
-    options.update(overlap=description["inference"]["overlap"], mode="gaussian", sw_device=compute_device)
+    options = {"roi_size": description.patch_size, "sw_batch_size": description.inference.sw_batch_size}
+    options.update(overlap=description.inference.overlap, mode="gaussian", sw_device=compute_device)
     with torch.inference_mode():
-        if description["network"]["name"] == "unet_paper":
+        if description.network.name == "unet_paper":
             return _overlap_tile(network, images.to(compute_device or images.device), description)
-        if description.get("slice_axis") is not None:  # a 2D network over a volume, slice by slice
-            return SliceInferer(spatial_dim=description["slice_axis"], progress=False, **options)(images, network)
+        if description.slice_axis is not None:  # a 2D network over a volume, slice by slice
+            return SliceInferer(spatial_dim=description.slice_axis, progress=False, **options)(images, network)
         return sliding_window_inference(images, predictor=network, **options)
 
 
 def sliding_window_probabilities(
     network: torch.nn.Module,
     images: torch.Tensor,
-    description: dict[str, Any],
+    description: ModelDescription,
     tta: bool = False,
     compute_device: torch.device | None = None,
 ) -> torch.Tensor:
@@ -89,9 +89,9 @@ def stitching_device(spatial_shape: tuple[int, ...], n_classes: int, device: tor
     return device if (n_classes + 2) * prod(spatial_shape) * 4 < free_bytes / 2 else torch.device("cpu")
 
 
-def _overlap_tile(network: torch.nn.Module, images: torch.Tensor, description: dict[str, Any]) -> torch.Tensor:
-    tile, depth = description["patch_size"], len(description["network"]["channels"]) - 1
-    batch_size, axis = description["inference"]["sw_batch_size"], description.get("slice_axis")
+def _overlap_tile(network: torch.nn.Module, images: torch.Tensor, description: ModelDescription) -> torch.Tensor:
+    tile, depth = description.patch_size, len(description.network.channels) - 1
+    batch_size, axis = description.inference.sw_batch_size, description.slice_axis
     if axis is None:
         return overlap_tile_logits(network, images, tile, depth, batch_size)
     # a 2D network over volumes: the slices become the batch
@@ -101,14 +101,14 @@ def _overlap_tile(network: torch.nn.Module, images: torch.Tensor, description: d
 
 
 def predict(
-    network: torch.nn.Module, description: dict[str, Any], image: MetaTensor, device: torch.device, tta: bool = False
+    network: torch.nn.Module, description: ModelDescription, image: MetaTensor, device: torch.device, tta: bool = False
 ) -> np.ndarray:
     """Label map (uint8) indexed like ``image`` (channel-first, as read), whatever preparation did in between."""
     return _predict(network, description, image, device, tta, keep_probabilities=False)[0]
 
 
 def predict_with_probabilities(
-    network: torch.nn.Module, description: dict[str, Any], image: MetaTensor, device: torch.device, tta: bool = False
+    network: torch.nn.Module, description: ModelDescription, image: MetaTensor, device: torch.device, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The label map, and the class probabilities on the same grid: uint8 (class, *shape), p * PROBABILITY_SCALE."""
     return _predict(network, description, image, device, tta, keep_probabilities=True)
@@ -116,21 +116,21 @@ def predict_with_probabilities(
 
 def _predict(
     network: torch.nn.Module,
-    description: dict[str, Any],
+    description: ModelDescription,
     image: MetaTensor,
     device: torch.device,
     tta: bool,
     keep_probabilities: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    prepared = prepare(description["preprocess"], (IMAGE,))({IMAGE: image})[IMAGE]
-    n_classes = description["network"]["out_channels"]
+    prepared = prepare(description.preprocess, (IMAGE,))({IMAGE: image})[IMAGE]
+    n_classes = description.network.out_channels
     stitch = stitching_device(tuple(prepared.shape[1:]), n_classes, device)
     images = prepared.as_tensor()[None].to(stitch)
     model_grid = sliding_window_probabilities(network, images, description, tta, device)[0].to("cpu", torch.float16)
     # resample probabilities, not labels, back to the input grid; then take the most likely class
     labels, probabilities = _on_input_grid(model_grid, prepared.affine, image, keep_probabilities)
     # the post-processing that training chose (decided on its validation cases), if any
-    classes = description.get("postprocess", {}).get("largest_component_classes", [])
+    classes = description.largest_component_classes
     return keep_largest_component(labels, classes), probabilities
 
 
@@ -185,7 +185,7 @@ def _on_input_grid(
 
 
 def validation_label_maps(
-    network: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], description: dict[str, Any]
+    network: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], description: ModelDescription
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(prediction, reference) class-index maps of each prepared validation case, one at a time, on
     the model's grid: what training decides post-processing on."""

@@ -11,7 +11,6 @@ import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +31,7 @@ from pipeline.dicom.seg import write_segmentation
 from pipeline.errors import InputError, MedsegError
 from pipeline.files import atomic_path
 from pipeline.inference.predictor import PROBABILITY_SCALE, predict, predict_with_probabilities
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import load_model
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def check_format(sources: list[Source], output_format: str) -> None:
 @dataclass(frozen=True)
 class LoadedModel:
     network: torch.nn.Module
-    description: dict[str, Any]
+    description: ModelDescription
     device: torch.device
     path: Path  # the file itself, never an MLflow URI: a SEG names its weights' hash
 
@@ -191,7 +191,7 @@ def segment_case(
         else:
             classes, class_probabilities = predict(model.network, model.description, image, model.device, tta), None
     del image
-    label_values = model.description["label_values"]
+    label_values = model.description.label_values
     if class_probabilities is not None:
         write_probabilities(class_probabilities, source, reference, probabilities_path(source, out_dir))
     if output_format in ("nifti", "both"):

@@ -1,8 +1,8 @@
 """The network and the self-describing model file.
 
-One file holds the weights and everything inference needs (network definition, label
-names, preprocessing, patch size), in plain types, so it loads with ``weights_only=True``
-on another machine with no ``params.yaml``.
+One file holds the weights and the model description (``description.ModelDescription``: network, labels,
+preprocessing, patch size, ...) in plain types, so it loads with ``weights_only=True`` on another machine with
+no ``params.yaml``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from monai.networks.nets import BasicUNet, DynUNet, UNet
 from pipeline.config import Params
 from pipeline.errors import ConfigError, ModelError
 from pipeline.files import atomic_path
+from pipeline.networks.description import ModelDescription, NetworkSpec
 from pipeline.networks.plan import channels, for_patch, uniform_kernels
 from pipeline.networks.unet_paper import OriginalUNet
 
-MODEL_FORMAT = "medseg-model/1"
 # a MONAI bundle exported by `medseg export` keeps this description under the "medseg" key of its metadata
 BUNDLE_METADATA, BUNDLE_WEIGHTS = Path("configs/metadata.json"), Path("models/model.pt")
 
@@ -34,29 +34,30 @@ def describe(
     label_values: list[int] | None = None,
     slice_axis: int | None = None,
     configuration: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ModelDescription:
     """All that inference needs besides the weights: ``labels`` names class indices 0..K-1, ``label_values``
     are the values they had in the data (written back by ``segment``), ``plan`` the preprocessing, and
     ``slice_axis`` the volume axis a 2D network runs along (None when the network has the data's dimensions).
     ``configuration`` is the planned network (``network_plan``); without it, one is planned for the patch."""
     if configuration is None:
         configuration = for_patch(params.train, list(patch_size), plan.get("spacing", [1.0] * len(patch_size)))
-    return {
-        "network": network_spec(params, len(labels), len(patch_size), configuration),
-        "slice_axis": slice_axis,
-        "labels": labels,
-        "label_values": label_values or list(range(len(labels))),
-        "modality": modality,
-        "preprocess": plan,
-        "patch_size": list(patch_size),
-        "configuration": configuration,
-        "inference": params.inference.model_dump(exclude={"tta"}),  # TTA is chosen when segmenting
-    }
+    return ModelDescription(
+        network=network_spec(params, len(labels), len(patch_size), configuration),
+        slice_axis=slice_axis,
+        labels=labels,
+        label_values=label_values or list(range(len(labels))),
+        modality=modality,
+        preprocess=plan,
+        patch_size=list(patch_size),
+        configuration=configuration,
+        # TTA is chosen when segmenting
+        inference={"overlap": params.inference.overlap, "sw_batch_size": params.inference.sw_batch_size},
+    )
 
 
 def network_spec(
     params: Params, n_classes: int, spatial_dims: int = 3, configuration: dict[str, Any] | None = None
-) -> dict[str, Any]:
+) -> NetworkSpec:
     """The constructor arguments of the network; its depth, strides and kernels from ``configuration``
     (the plan), else from ``train.channels`` with isotropic strides of 2."""
     train = params.train
@@ -98,16 +99,16 @@ def network_spec(
         if len(features) != 5:
             raise ConfigError(f"train.channels: basicunet takes 5 channel counts, got {len(features)}")
         spec.update(features=[*features, features[0]], norm=train.norm, dropout=train.dropout)
-    return spec
+    return NetworkSpec(**spec)
 
 
 NETWORKS = {"unet": UNet, "dynunet": DynUNet, "basicunet": BasicUNet, "unet_paper": OriginalUNet}
 
 
-def build_network(spec: dict[str, Any]) -> torch.nn.Module:
-    if spec["name"] not in NETWORKS:
-        raise ModelError(f"unknown network '{spec['name']}'; known: {', '.join(NETWORKS)}")
-    return NETWORKS[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
+def build_network(spec: NetworkSpec) -> torch.nn.Module:
+    if spec.name not in NETWORKS:
+        raise ModelError(f"unknown network '{spec.name}'; known: {', '.join(NETWORKS)}")
+    return NETWORKS[spec.name](**spec.arguments())
 
 
 def check_finite(state_dict: dict[str, torch.Tensor], where: Path | str) -> None:
@@ -120,23 +121,22 @@ def check_finite(state_dict: dict[str, torch.Tensor], where: Path | str) -> None
         )
 
 
-def save_model(path: Path, network: torch.nn.Module, description: dict[str, Any]) -> None:
+def save_model(path: Path, network: torch.nn.Module, description: ModelDescription) -> None:
     check_finite(network.state_dict(), path)
-    content = {"format": MODEL_FORMAT, **description, "state_dict": network.state_dict()}
+    content = {**description.to_saved(), "state_dict": network.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(content, tmp)
 
 
-def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelDescription]:
     """A model file or a MONAI bundle folder written by ``medseg export`` (an MLflow URI is downloaded first by
-    ``tracking.registry.local_model_file``: nothing below tracking reads MLflow)."""
+    ``tracking.models.local_model_file``: nothing below tracking reads MLflow)."""
     path = Path(path)
-    content = _read_bundle(path, device) if path.is_dir() else _read_model_file(path, device)
-    network = build_network(content["network"])
-    weights = content.pop("state_dict")
+    description, weights = _read_bundle(path, device) if path.is_dir() else _read_model_file(path, device)
+    network = build_network(description.network)
     check_finite(weights, path)
     network.load_state_dict(weights)
-    return network.to(device).eval(), content
+    return network.to(device).eval(), description
 
 
 def _torch_load(path: Path, device: torch.device | str) -> Any:
@@ -146,25 +146,22 @@ def _torch_load(path: Path, device: torch.device | str) -> Any:
         raise ModelError(f"{path}: not a readable model file ({err.__class__.__name__}: {err})") from None
 
 
-def _read_model_file(path: Path, device: torch.device | str) -> dict[str, Any]:
+def _read_model_file(path: Path, device: torch.device | str) -> tuple[ModelDescription, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train one with `dvc repro`, or pass --model)")
     content = _torch_load(path, device)
-    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: not a medseg model (expected format '{MODEL_FORMAT}')")
-    return content
+    description = ModelDescription.from_saved(content, path)
+    return description, content["state_dict"]
 
 
-def _read_bundle(folder: Path, device: torch.device | str) -> dict[str, Any]:
+def _read_bundle(folder: Path, device: torch.device | str) -> tuple[ModelDescription, dict[str, torch.Tensor]]:
     metadata, weights = folder / BUNDLE_METADATA, folder / BUNDLE_WEIGHTS
     if not (metadata.is_file() and weights.is_file()):
         raise ModelError(
             f"{folder}: a folder, but not a model bundle (it needs {BUNDLE_METADATA} and {BUNDLE_WEIGHTS})"
         )
     try:
-        description = json.loads(metadata.read_text())["medseg"]
+        saved = json.loads(metadata.read_text())["medseg"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ModelError(f"{metadata}: no medseg model description in it ({err.__class__.__name__}: {err})") from None
-    if not isinstance(description, dict) or description.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{metadata}: its 'medseg' entry is not a medseg model (expected format '{MODEL_FORMAT}')")
-    return {**description, "state_dict": _torch_load(weights, device)}
+    return ModelDescription.from_saved(saved, f"{metadata} (its 'medseg' entry)"), _torch_load(weights, device)

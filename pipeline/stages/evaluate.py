@@ -54,8 +54,9 @@ def evaluate(
         network, description = load_model(model_path)
         dataset = json.loads((Path(prep_dir) / "dataset.json").read_text())["name"]
         name = registered_name((tracking or MlflowConfig()).registered_model, dataset)
-        key = comparison_key(split_json, description, tta)
-        register(run, network, Path(model_path), description["patch_size"], name, summary["dice_mean"], key)
+        postprocess = description.postprocess.model_dump() if description.postprocess else {}
+        key = comparison_key(split_json, description.preprocess, postprocess, tta)
+        register(run, network, Path(model_path), description.patch_size, name, summary["dice_mean"], key)
     return summary
 
 

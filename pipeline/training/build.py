@@ -12,6 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import Params, TrainConfig
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import build_network
 from pipeline.training.batches import epoch_batches
 from pipeline.training.checkpoint import restore_rng_state
@@ -40,14 +41,14 @@ class Trainer:
 
 
 def build_trainer(
-    params: Params, data: TrainingData, description: dict, state: dict | None, world: World, started: float
+    params: Params, data: TrainingData, description: ModelDescription, state: dict | None, world: World, started: float
 ):
     config, device = params.train, world.device
-    network = build_network(description["network"]).to(device)
+    network = build_network(description.network).to(device)
     loss_function = build_loss(
         config.loss,
         config.loss_options,
-        deep_supervision=description["network"]["name"] == "dynunet" and config.deep_supervision,
+        deep_supervision=description.network.name == "dynunet" and config.deep_supervision,
     ).to(device)
     threads = data_threads(config, device)
     if state and state["progress"].get("step_plan"):

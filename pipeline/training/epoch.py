@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import TrainingError
+from pipeline.networks.description import ModelDescription
 from pipeline.training.batches import epoch_batches
 from pipeline.training.build import Trainer
 from pipeline.training.data import TrainingData
@@ -34,7 +35,7 @@ def _nonfinite(problem: NonFiniteStep, epoch: int, trainer: Trainer, checkpoint:
 def run_epoch(
     trainer: Trainer,
     data: TrainingData,
-    description: dict,
+    description: ModelDescription,
     progress: Progress,
     world: World,
     threads: int,

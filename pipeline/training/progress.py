@@ -15,6 +15,7 @@ from monai.networks.utils import one_hot
 
 from pipeline.config import TrainConfig
 from pipeline.inference.predictor import sliding_window_logits
+from pipeline.networks.description import ModelDescription
 
 
 @dataclass
@@ -35,11 +36,11 @@ class Progress:
 
 
 def validation_dice(
-    network: torch.nn.Module, loader: DataLoader, description: dict[str, Any], device: torch.device
+    network: torch.nn.Module, loader: DataLoader, description: ModelDescription, device: torch.device
 ) -> torch.Tensor:
     """Mean Dice per foreground class over the loader's cases. The scores stay on ``device``: under torchrun
     MONAI's metric gathers them from every process, and NCCL gathers CUDA tensors only."""
-    n_classes = description["network"]["out_channels"]
+    n_classes = description.network.out_channels
     metric = DiceMetric(include_background=False, reduction="mean_batch")
     network.eval()
     for batch in loader:

@@ -22,6 +22,7 @@ from pipeline.config import Params
 from pipeline.files import write_csv, write_json
 from pipeline.inference.postprocess import decide_largest_component
 from pipeline.inference.predictor import validation_label_maps
+from pipeline.networks.description import ModelDescription, Postprocess
 from pipeline.networks.model import describe, save_model
 from pipeline.params import flatten, params_yaml
 from pipeline.provenance import git_commit, lineage_files, provenance_tags
@@ -78,7 +79,7 @@ def _train(
             log.warning("resuming from %s after epoch %d", checkpoint_path, progress.epoch)
     elif world.main:
         log.info("planned: %s", json.dumps({**trainer.step_plan.as_dict(), "configuration": data.configuration}))
-    description["step_plan"] = trainer.step_plan.as_dict()
+    description.step_plan = trainer.step_plan.as_dict()
     with open_run(run_id) if world.main else contextlib.nullcontext() as run:
         if world.main:
             _start_run(run, params, trainer, data, progress, world, prep_dir, split_json, resumed=state is not None)
@@ -135,7 +136,7 @@ def _start_run(
 def _epochs(
     trainer: Trainer,
     data: TrainingData,
-    description: dict,
+    description: ModelDescription,
     progress: Progress,
     world: World,
     run: RunLogger | None,
@@ -192,7 +193,7 @@ def _log_lineage(run: RunLogger, params: Params, split_json: Path) -> None:
 def _finish(
     out_dir: Path,
     network: torch.nn.Module,
-    description: dict[str, Any],
+    description: ModelDescription,
     progress: Progress,
     params: Params,
     run: RunLogger,
@@ -206,9 +207,9 @@ def _finish(
         network.load_state_dict(progress.best_weights)
     if params.inference.largest_component:  # on this process's validation cases (all of them without torchrun)
         cases = validation_label_maps(network, val_loader, description)
-        classes = decide_largest_component(cases, len(description["labels"]))
-        description["postprocess"] = {"largest_component_classes": classes}
-    description["provenance"] = {
+        classes = decide_largest_component(cases, len(description.labels))
+        description.postprocess = Postprocess(largest_component_classes=classes)
+    description.provenance = {
         "mlflow_run_id": run.run_id,
         "git_commit": git_commit()[0],
         "epochs": progress.epoch,

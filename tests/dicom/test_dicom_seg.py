@@ -36,7 +36,7 @@ COARSE_CT_PLAN = {**MRI_PLAN, "spacing": [6.0, 6.0, 3.0], "crop_foreground": Fal
 
 def _model(tiny_params, path: Path, labels=ORGANS, plan=COARSE_CT_PLAN, patch=(96, 96, 16), slice_axis=None) -> Path:
     description = describe(tiny_params, labels, "CT", plan, list(patch), slice_axis=slice_axis)
-    save_model(path, build_network(description["network"]), description)
+    save_model(path, build_network(description.network), description)
     return path
 
 

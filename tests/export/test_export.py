@@ -21,6 +21,7 @@ from pipeline.errors import ModelError
 from pipeline.export import export
 from pipeline.inference.predictor import predict, sliding_window_logits
 from pipeline.inference.segment import segment
+from pipeline.networks.description import Postprocess
 from pipeline.networks.model import build_network, describe, load_model, save_model
 from tests.conftest import HIPPOCAMPUS_FIXTURE, HIPPOCAMPUS_LABELS, write_volume
 
@@ -45,8 +46,8 @@ def _model(path: Path, train: dict, plan: dict, label_values=None, slice_axis=No
     torch.manual_seed(0)
     description = describe(params, HIPPOCAMPUS_LABELS, "MRI", plan, params.train.patch_size, label_values, slice_axis)
     if largest:  # the post-processing training decides on its validation cases
-        description["postprocess"] = {"largest_component_classes": list(largest)}
-    save_model(path, build_network(description["network"]), description)
+        description.postprocess = Postprocess(largest_component_classes=list(largest))
+    save_model(path, build_network(description.network), description)
     return path
 
 
@@ -169,7 +170,7 @@ def test_unknown_formats_and_folders_that_are_not_bundles_are_named(tmp_path, un
 
 def _prepared_case(description) -> torch.Tensor:
     image = to_metatensor(read_image(CASE))
-    return prepare(description["preprocess"], (IMAGE,))({IMAGE: image})[IMAGE][None]
+    return prepare(description.preprocess, (IMAGE,))({IMAGE: image})[IMAGE][None]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -201,7 +202,7 @@ def test_the_exported_network_through_the_same_window_labels_like_pytorch(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(predictor(other), network(other), rtol=1e-4, atol=1e-4)
     exported = json.loads(written[1].read_text())
-    assert exported["labels"] == HIPPOCAMPUS_LABELS and exported["preprocess"] == description["preprocess"]
+    assert exported["labels"] == HIPPOCAMPUS_LABELS and exported["preprocess"] == description.preprocess
     assert exported["export"]["input"]["shape"] == ["batch", 1, "x", "y", "z"]
 
 

@@ -58,7 +58,7 @@ def test_labels_get_the_smallest_integer_type_that_holds_their_values(tiny_param
     description = describe(
         tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size, label_values=[0, 256, 1000]
     )
-    save_model(tmp_path / "model.pt", build_network(description["network"]), description)
+    save_model(tmp_path / "model.pt", build_network(description.network), description)
     assert segment([CASES[0]], tmp_path / "out", tmp_path / "model.pt") == []
     written = nib.load(tmp_path / "out" / CASES[0].name)
     assert written.get_data_dtype() == np.uint16

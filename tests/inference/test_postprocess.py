@@ -7,6 +7,7 @@ from pipeline.data.split import split
 from pipeline.data.volumes import read_image, to_metatensor
 from pipeline.inference.postprocess import decide_largest_component, keep_largest_component
 from pipeline.inference.predictor import predict
+from pipeline.networks.description import Postprocess
 from pipeline.networks.model import load_model
 from pipeline.stages.train import train as train_stage
 from tests.conftest import write_volume
@@ -59,7 +60,7 @@ def test_predict_applies_the_post_processing_the_model_file_records(tmp_path):
     path = write_volume(tmp_path / "two_blobs.nii.gz", image)
     description = _description(patch=(16, 16, 16))
     as_is = predict(OracleOfBrightness(), description, to_metatensor(read_image(path)), torch.device("cpu"))
-    description["postprocess"] = {"largest_component_classes": [1]}
+    description.postprocess = Postprocess(largest_component_classes=[1])
     post = predict(OracleOfBrightness(), description, to_metatensor(read_image(path)), torch.device("cpu"))
     assert as_is[31, 29, 23] == 1 and post[31, 29, 23] == 0
     np.testing.assert_array_equal(post[:25, :25, :25], as_is[:25, :25, :25])
@@ -80,7 +81,7 @@ def test_training_records_its_decision_in_the_model_file(
     train_stage(tmp_path / "prep", tmp_path / "split.json", tmp_path / "models", params)
     _, description = load_model(tmp_path / "models" / "model.pt")
     if largest_component:
-        assert set(description["postprocess"]["largest_component_classes"]) <= {1, 2}
+        assert set(description.largest_component_classes) <= {1, 2}
     else:
-        assert "postprocess" not in description
-    assert "tta" not in description["inference"]  # chosen when segmenting, not by training
+        assert description.postprocess is None
+    assert "tta" not in description.inference.model_dump()  # chosen when segmenting, not by training

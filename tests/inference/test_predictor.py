@@ -61,7 +61,7 @@ def test_prediction_lands_on_the_input_grid(tmp_path, spacing, axcodes_affine, c
 def test_a_volume_smaller_than_the_patch_is_padded_and_cropped_back(tmp_path):
     image, _ = synthetic_pair(shape=(20, 24, 18))
     path = write_volume(tmp_path / "small.nii.gz", image)
-    network = build_network(_description()["network"]).eval()
+    network = build_network(_description().network).eval()
     labels = _predict(network, _description(), path)
     assert labels.shape == (20, 24, 18) and set(np.unique(labels)) <= {0, 1, 2}
 
@@ -101,7 +101,7 @@ def test_tta_averages_exactly_the_softmax_of_the_eight_mirrorings():
 
 def test_tta_of_a_2d_network_over_slices_flips_only_the_two_in_plane_axes():
     description = _description(patch=(16, 12))
-    description["slice_axis"], description["network"]["spatial_dims"] = 2, 2
+    description.slice_axis, description.network.spatial_dims = 2, 2
     volume = torch.randn(1, 1, 16, 12, 5)
     network = _random_conv(2)
     mirrored = sliding_window_probabilities(network, volume, description, tta=True)

@@ -90,7 +90,7 @@ def test_labels_are_written_with_the_values_of_the_training_data(tiny_params, tm
     description = describe(
         tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size, label_values=[0, 10, 20]
     )
-    save_model(tmp_path / "model.pt", build_network(description["network"]), description)
+    save_model(tmp_path / "model.pt", build_network(description.network), description)
     source = HIPPOCAMPUS_FIXTURE / "imagesTr" / "hippocampus_252.nii.gz"
     assert segment([source], tmp_path / "out", tmp_path / "model.pt") == []
     assert set(np.unique(np.asanyarray(nib.load(tmp_path / "out" / source.name).dataobj))) <= {0, 10, 20}
@@ -144,7 +144,7 @@ def nodule_model(tmp_path) -> Path:
     description = describe(params, labels, "CT", plan, configuration["patch_size"], configuration=configuration)
     torch.manual_seed(0)
     path = tmp_path / "nodules.pt"
-    save_model(path, build_network(description["network"]), description)
+    save_model(path, build_network(description.network), description)
     return path
 
 

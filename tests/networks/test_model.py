@@ -9,13 +9,13 @@ from tests.conftest import HIPPOCAMPUS_LABELS, MRI_PLAN
 
 def test_the_model_file_carries_what_inference_needs(tiny_params, tmp_path):
     description = describe(tiny_params, HIPPOCAMPUS_LABELS, "MRI", MRI_PLAN, tiny_params.train.patch_size)
-    network = build_network(description["network"])
+    network = build_network(description.network)
     save_model(tmp_path / "model.pt", network, description)
     # weights_only: the file holds tensors and plain types only
     raw = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert raw["format"] == "medseg-model/1" and raw["labels"]["2"] == "Posterior"
+    assert raw["format"] == "medseg-model/2" and raw["labels"]["2"] == "Posterior"
     loaded, description = load_model(tmp_path / "model.pt")
-    assert description["patch_size"] == [32, 48, 32] and "state_dict" not in description
+    assert description.patch_size == [32, 48, 32] and "state_dict" not in description.to_saved()
     x = torch.randn(1, 1, 32, 48, 32)
     network.eval()
     assert torch.equal(loaded(x), network(x))

@@ -110,7 +110,7 @@ def test_models_and_runs_uris_load_the_self_describing_model(registry):
     trained_run = json.loads((root / "trained" / "mlflow_run.json").read_text())["run_id"]
     for uri in ("models:/medseg-hippocampus@champion", f"runs:/{trained_run}/model"):
         network, description = load_model(local_model_file(uri))
-        assert description["labels"]["1"] == "Anterior"
+        assert description.labels["1"] == "Anterior"
         assert all(torch.equal(expected[k], v) for k, v in network.state_dict().items()), uri
 
 
@@ -263,6 +263,6 @@ def test_a_model_with_non_finite_weights_is_never_registered(registry):
     before = len(client.search_model_versions("name='medseg-hippocampus'"))
     with pytest.raises(ModelError, match="NaN or infinite"):
         registry_module.register(
-            run, network, root / "trained" / "model.pt", description["patch_size"], "medseg-hippocampus", 0.99, {}
+            run, network, root / "trained" / "model.pt", description.patch_size, "medseg-hippocampus", 0.99, {}
         )
     assert len(client.search_model_versions("name='medseg-hippocampus'")) == before

@@ -50,8 +50,8 @@ def test_training_writes_a_model_history_and_an_mlflow_run(prepared, tiny_params
     assert list(history.epoch) == [1, 2] and history.val_dice_mean.between(0, 1).all()
     assert not (models / "checkpoint.pt").exists(), "a finished run must leave no checkpoint to resume from"
     _, description = load_model(models / "model.pt")
-    assert description["labels"]["1"] == "Anterior"
-    assert description["provenance"]["params"]["train"]["epochs"] == 2
+    assert description.labels["1"] == "Anterior"
+    assert description.provenance["params"]["train"]["epochs"] == 2
     run = mlflow.get_run(json.loads((models / "mlflow_run.json").read_text())["run_id"])
     assert run.data.params["train.epochs"] == "2"
     assert {"train_loss", "val_dice_mean", "val_dice_Anterior"} <= set(run.data.metrics)
@@ -142,7 +142,7 @@ def test_network_loss_and_schedule_options_train(prepared, tiny_params, options)
     final = _train(prepared, params, "models")
     assert 0 <= final["val_dice_mean"] <= 1
     network, description = load_model(prepared / "models" / "model.pt")
-    assert description["network"]["name"] == (params.train.network if params.train.network != "auto" else "unet")
+    assert description.network.name == (params.train.network if params.train.network != "auto" else "unet")
     if params.train.loss_options.ce_weight_end is not None:
         assert list(_history(prepared / "models").ce_weight) == [1.0, 0.0]
 
@@ -156,7 +156,7 @@ def test_early_stopping_keeps_the_best_validated_weights(prepared, tiny_params):
     _train(prepared, params, "models")  # no learning: the second validation is no better than the first
     history = pd.read_csv(prepared / "models" / "history.csv")
     assert list(history.epoch) == [1, 2]
-    provenance = load_model(prepared / "models" / "model.pt")[1]["provenance"]
+    provenance = load_model(prepared / "models" / "model.pt")[1].provenance
     assert (
         provenance["kept"] == "best (epoch 1)" and "no better validation Dice in 1 validations" in provenance["stopped"]
     )
@@ -166,7 +166,7 @@ def test_a_time_budget_ends_training_with_a_validation(prepared, tiny_params):
     _train(prepared, _with(tiny_params, epochs=50, val_every=10, max_minutes=1e-6), "models")
     history = pd.read_csv(prepared / "models" / "history.csv")
     assert list(history.epoch) == [1] and not pd.isna(history.val_dice_mean[0])
-    assert "time budget" in load_model(prepared / "models" / "model.pt")[1]["provenance"]["stopped"]
+    assert "time budget" in load_model(prepared / "models" / "model.pt")[1].provenance["stopped"]
 
 
 LAUNCHERS = {
@@ -266,9 +266,9 @@ def test_without_an_epoch_count_the_probe_fits_the_epochs_to_the_budget(prepared
     budgeted = _with(tiny_params, epochs=None, val_every=None, amp="auto", budget_minutes=0.3)
     _train(prepared, budgeted, "models")
     _, description = load_model(prepared / "models" / "model.pt")
-    step_plan = description["step_plan"]
+    step_plan = description.step_plan
     history = pd.read_csv(prepared / "models" / "history.csv")
     assert len(history) == step_plan["epochs"] >= 1
     assert history.lr.iloc[-1] == pytest.approx(0, abs=1e-9), "the cosine schedule ran to its end"
     assert "budget" in step_plan["reasons"]["epochs"] and step_plan["reasons"]["precision"]
-    assert description["configuration"]["patch_size"] == [32, 48, 32]
+    assert description.configuration["patch_size"] == [32, 48, 32]

@@ -54,7 +54,7 @@ def test_isbi_slices_train_a_2d_unet_and_segment_pngs_with_their_label_values(is
     summary = _run(params, ISBI_FIXTURE, isolated)
     assert summary["n_cases"] == 1 and 0 <= summary["dice_cell"] <= 1 and 0 <= summary["pixel_error"] <= 1
     description = load_model(isolated / "models" / "model.pt")[1]
-    assert description["network"]["spatial_dims"] == 2 and description["label_values"] == [0, 255]
+    assert description.network.spatial_dims == 2 and description.label_values == [0, 255]
     assert segment([ISBI_FIXTURE / "images" / "2.png"], isolated / "out", isolated / "models" / "model.pt") == []
     written = sitk.ReadImage(str(isolated / "out" / "2.png"))
     assert written.GetSize() == (128, 128) and set(np.unique(sitk.GetArrayViewFromImage(written))) <= {0, 255}
@@ -80,7 +80,7 @@ def test_slice_wise_training_on_volumes_segments_whole_volumes(isolated, hippoca
     summary = _run(params, hippocampus, isolated)
     assert summary["n_cases"] == 3 and 0 <= summary["dice_mean"] <= 1
     description = load_model(isolated / "models" / "model.pt")[1]
-    assert description["network"]["spatial_dims"] == 2 and description["slice_axis"] == 2
+    assert description.network.spatial_dims == 2 and description.slice_axis == 2
     history = json.loads((isolated / "models" / "mlflow_run.json").read_text())
     assert history["run_id"]
 
@@ -118,7 +118,7 @@ def test_the_papers_unet_trains_on_weight_maps_and_segments_by_overlap_tile(isol
     weights = sorted((isolated / "prep" / "weights").glob("*.nii.gz"))
     assert len(weights) == 3 and np.asarray(nib.load(weights[0]).dataobj).max() > 5  # borders between touching cells
     description = load_model(isolated / "models" / "model.pt")[1]
-    assert description["network"]["name"] == "unet_paper" and description["patch_size"] == [76, 76]
+    assert description.network.name == "unet_paper" and description.patch_size == [76, 76]
     assert segment([ISBI_FIXTURE / "images" / "2.png"], isolated / "out", isolated / "models" / "model.pt") == []
     assert sitk.ReadImage(str(isolated / "out" / "2.png")).GetSize() == (128, 128)
 
@@ -134,7 +134,7 @@ def test_slice_wise_paper_unet_on_volumes_plans_a_valid_tile(isolated, hippocamp
     )
     summary = _run(params, hippocampus, isolated)
     assert 0 <= summary["dice_mean"] <= 1
-    tile = load_model(isolated / "models" / "model.pt")[1]["patch_size"]
+    tile = load_model(isolated / "models" / "model.pt")[1].patch_size
     # the median slice (35 x 50) rounded up to the plan's multiples (of 8, for its 4 stages), output as whole tiles
     assert [output_size(size, depth=2) for size in tile] == [40, 56]
 
