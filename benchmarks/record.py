@@ -12,7 +12,6 @@ import datetime
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,21 +38,10 @@ def machine(accelerator: str | None = None) -> str:
 
 def commit() -> str:
     """The commit checked out (short), with '-dirty' when the working tree differs from it; '' outside git."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=root
-        )
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=root,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+    from pipeline.provenance import git_commit
+
+    head, dirty = git_commit(Path(__file__).resolve().parents[1])
+    return f"{head[:7]}{'-dirty' if dirty else ''}" if head else ""
 
 
 def command() -> str:

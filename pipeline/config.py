@@ -44,7 +44,9 @@ class WeightMapConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    orientation: str = Field("RAS", pattern="^[LR][PA][IS]$")
+    orientation: str = Field(
+        "RAS", pattern="^[LR][PA][IS]$", description="Axis codes every volume is reoriented to before resampling."
+    )
     spacing: list[float] | None = Field(None, description="Target voxel size in mm; null plans the dataset's median.")
     normalization: Literal["auto", "zscore", "ct", "window"] = Field(
         "auto",
@@ -68,7 +70,7 @@ class PreprocessConfig(_Section):
 
 
 class SplitConfig(_Section):
-    n_folds: int = Field(5, ge=2)
+    n_folds: int = Field(5, ge=2, description="Folds of the cross-validation; one of them is held out for validation.")
     fold: int = Field(0, ge=0, description="Which fold is held out for validation.")
     group: str | None = Field(
         None,
@@ -100,12 +102,12 @@ class SplitConfig(_Section):
 
 
 class AugmentationConfig(_Section):
-    elastic_prob: float = Field(0.2, ge=0, le=1)
-    affine_prob: float = Field(0.3, ge=0, le=1)
-    flip_prob: float = Field(0.5, ge=0, le=1)
-    noise_prob: float = Field(0.15, ge=0, le=1)
+    elastic_prob: float = Field(0.2, ge=0, le=1, description="Elastic deformation (3D: MONAI Rand3DElastic).")
+    affine_prob: float = Field(0.3, ge=0, le=1, description="Random rotation and scaling.")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="Mirroring, per axis.")
+    noise_prob: float = Field(0.15, ge=0, le=1, description="Additive Gaussian noise.")
     intensity_prob: float = Field(0.3, ge=0, le=1, description="Random scale and shift of intensities.")
-    gamma_prob: float = Field(0.15, ge=0, le=1)
+    gamma_prob: float = Field(0.15, ge=0, le=1, description="Random gamma (contrast) adjustment.")
     smooth_prob: float = Field(0.0, ge=0, le=1, description="Gaussian smoothing (sigma 0.5-1 voxel).")
     bias_field_prob: float = Field(0.0, ge=0, le=1, description="A smooth multiplicative bias field, as MRI has.")
 
@@ -125,7 +127,7 @@ class LossConfig(_Section):
         description="Dice (and Tversky) over the whole batch, not per patch, as nnU-Net's 3D default: a patch "
         "without some class then does not score 0 or 1 on it.",
     )
-    focal_gamma: float = Field(2.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0, description="Focusing parameter of the focal loss (0: cross-entropy).")
     tversky_alpha: float = Field(0.3, ge=0, le=1, description="Weight of false positives.")
     tversky_beta: float = Field(0.7, ge=0, le=1, description="Weight of false negatives.")
     class_weights: list[float] | None = Field(
@@ -154,7 +156,7 @@ class TrainConfig(_Section):
     norm: Literal["instance", "batch", "none"] = Field(
         "instance", description="none: unet_paper only, as in the paper."
     )
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability in the network's blocks.")
     deep_supervision: bool = Field(False, description="dynunet: a loss on lower-resolution heads too.")
     patch_size: list[int] | None = Field(
         None, description="null: planned from the dataset fingerprint (the median case within a voxel budget)."
@@ -178,12 +180,14 @@ class TrainConfig(_Section):
         "learning-rate schedule then runs to its end within it.",
     )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="sgd: with Nesterov momentum.")
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
+    learning_rate: float = Field(1e-3, gt=0, description="The initial (peak, after any warm-up) learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="Decoupled for adamw, L2 for adam and sgd.")
     momentum: float = Field(0.99, ge=0, lt=1, description="sgd only.")
-    schedule: Literal["cosine", "poly", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "poly", "step", "constant"] = Field(
+        "cosine", description="The learning-rate schedule over the epochs, stepped once per epoch."
+    )
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up before the schedule.")
-    poly_power: float = 0.9
+    poly_power: float = Field(0.9, gt=0, description="poly: the exponent of (1 - epoch / epochs).")
     step_epochs: int = Field(30, ge=1, description="step: epochs between decays.")
     step_gamma: float = Field(0.1, gt=0, description="step: the factor of each decay.")
     val_every: int | None = Field(
@@ -233,8 +237,8 @@ class TrainConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    overlap: float = Field(0.5, ge=0, lt=1)
-    sw_batch_size: int = 4
+    overlap: float = Field(0.5, ge=0, lt=1, description="Overlap of neighbouring sliding windows (Gaussian-blended).")
+    sw_batch_size: int = Field(4, ge=1, description="Sliding windows run through the network at once.")
     tta: bool = Field(
         True, description="Evaluate with mirroring test-time augmentation (probabilities averaged over all flips)."
     )
@@ -253,12 +257,12 @@ class EvaluateConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    experiment: str = "medseg"
+    experiment: str = Field("medseg", description="The MLflow experiment runs are logged to.")
     registered_model: str | None = None  # the registry's name for the evaluated model; None: medseg-<dataset>
 
 
 class Params(_Section):
-    seed: int = 42
+    seed: int = Field(42, description="Seeds the split, the initial weights and every batch's augmentation.")
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()

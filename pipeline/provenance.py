@@ -57,13 +57,14 @@ def comparison_key(split_json: Path, plan: dict, postprocess: dict, tta: bool) -
     """What an evaluation's score depends on besides the weights: the validation cases, the raw data (DVC's hash in
     ``dvc.lock``), the preprocessing ``plan`` and the ``postprocess``-ing the model carries (``{}`` for none), and
     test-time augmentation. Two scores are comparable only where all of these agree."""
-    return {
-        "split": validation_split_hash(split_json),
-        "data": dvc_output_hash() or "unknown",
-        "plan": _digest(plan),
-        "tta": str(bool(tta)).lower(),
-        "postprocess": _digest(postprocess),
-    }
+    return key_parts(validation_split_hash(split_json), dvc_output_hash() or "unknown", plan, postprocess, tta)
+
+
+def key_parts(split: str, data: str, plan: dict, postprocess: dict, tta: bool | str) -> dict[str, str]:
+    """The comparison key from its parts: the split's and data's hashes as they are, the plan and post-processing
+    digested; ``tta`` a bool, or a string where it is not known (an evaluation recorded before the key was)."""
+    tta = str(tta).lower() if isinstance(tta, bool) else tta
+    return {"split": split, "data": data, "plan": _digest(plan), "tta": tta, "postprocess": _digest(postprocess)}
 
 
 def key_digest(key: dict[str, str]) -> str:

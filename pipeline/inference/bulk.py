@@ -31,7 +31,7 @@ from pipeline.inference.segment import Source, check_format, find_sources, open_
 from pipeline.networks.model import load_model
 
 MANIFEST = "manifest.csv"
-COLUMNS = ("input", "output", "status", "seconds", "error", "output_sha256", "model_sha256")
+COLUMNS = ("input", "output", "status", "seconds", "error", "output_sha256", "model_sha256", "tta")
 FINISHED = ("done", "skipped")
 CASES_PER_WORKER = 2  # in flight per worker: one in the network while the other is read or written
 TASK_RETRIES = 2  # a case whose worker died this many times more (it may be what kills it) is failed
@@ -110,10 +110,11 @@ def _names(paths: list[Path], out_dir: Path) -> str:
     return ";".join(str(Path(p).relative_to(out_dir)) for p in paths)
 
 
-def is_finished(row: dict[str, str] | None, out_dir: Path, model_sha256: str | None) -> bool:
-    """An earlier row whose outputs all exist (written atomically, so an existing file is whole), made by this
-    model unless ``model_sha256`` is None (keep the outputs of any model)."""
-    if row is None or row["status"] not in FINISHED:
+def is_finished(row: dict[str, str] | None, out_dir: Path, model_sha256: str | None, tta: bool = False) -> bool:
+    """An earlier row whose outputs all exist (written atomically, so an existing file is whole), made with the
+    same test-time augmentation (a manifest from before it was recorded: not), and by this model unless
+    ``model_sha256`` is None (keep the outputs of any model)."""
+    if row is None or row["status"] not in FINISHED or row.get("tta") != str(tta).lower():
         return False
     if model_sha256 is not None and row["model_sha256"] != model_sha256:
         return False
@@ -241,7 +242,7 @@ def segment_bulk(
 ) -> Summary:
     """Segment every input not yet finished (``is_finished``) on Ray workers, recording each case in
     OUT/manifest.csv. ``keep_other_models``: outputs that an earlier run wrote with another model count as
-    finished (by default a changed model re-runs every case)."""
+    finished (by default a changed model re-runs every case); outputs made with another TTA setting never do."""
     # absolute: workers start in folders of their own, and a resumed run may start in another
     out_dir = Path(out_dir).absolute()
     sources = find_sources([Path(path).absolute() for path in inputs], series)
@@ -256,7 +257,7 @@ def segment_bulk(
     summary, todo = Summary(manifest=out_dir / MANIFEST), []
     for source in sources:
         earlier = rows.get((str(source.path), outputs[source]))
-        if is_finished(earlier, out_dir, None if keep_other_models else model_sha256):
+        if is_finished(earlier, out_dir, None if keep_other_models else model_sha256, options.tta):
             rows[(str(source.path), outputs[source])] = {**earlier, "status": "skipped"}
             summary.skipped += 1
         else:
@@ -274,6 +275,7 @@ def segment_bulk(
             last_write, start = time.monotonic(), time.monotonic()
             for source, result in results:
                 row = {"input": str(source.path), "output": outputs[source], **result, "model_sha256": model_sha256}
+                row["tta"] = str(options.tta).lower()
                 rows[(row["input"], row["output"])] = row
                 _count(summary, row)
                 bar.update()

@@ -10,8 +10,9 @@ from pipeline.config import EvaluateConfig, MlflowConfig
 from pipeline.errors import ModelError
 from pipeline.evaluation import evaluate as evaluation
 from pipeline.evaluation.scoring import OUTPUT_FILES
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import load_model
-from pipeline.provenance import comparison_key
+from pipeline.provenance import comparison_key, key_parts
 from pipeline.tracking.offline import PENDING_DIR, RunLog
 from pipeline.tracking.registry import REGISTER_OP, register, registered_name, registering
 
@@ -54,8 +55,7 @@ def evaluate(
         network, description = load_model(model_path)
         dataset = json.loads((Path(prep_dir) / "dataset.json").read_text())["name"]
         name = registered_name((tracking or MlflowConfig()).registered_model, dataset)
-        postprocess = description.postprocess.model_dump() if description.postprocess else {}
-        key = comparison_key(split_json, description.preprocess, postprocess, tta)
+        key = comparison_key(split_json, description.preprocess, _postprocess(description), tta)
         register(run, network, Path(model_path), description.patch_size, name, summary["dice_mean"], key)
     return summary
 
@@ -75,9 +75,21 @@ def register_deferred(run_id: str, op: dict, files: Path) -> None:
     """Carry out, during ``medseg runs sync``, the registration an evaluation kept while the server was away. Should
     the server go away again meanwhile, ``register`` keeps it once more, in the run's own pending file."""
     model_file = Path(files) / op["files"][0]
-    network, _ = load_model(model_file)
+    network, description = load_model(model_file)
     run = RunLog(Path(files), op["experiment"], run_id)
-    register(run, network, model_file, op["patch_size"], op["name"], op["score"], op["key"], op["evaluated_at"])
+    key = op.get("key") or _key_before_keys(op, description)
+    register(run, network, model_file, op["patch_size"], op["name"], op["score"], key, op.get("evaluated_at"))
+
+
+def _key_before_keys(op: dict, description: ModelDescription) -> dict[str, str]:
+    """A registration kept by a medseg that recorded only the validation split's hash: the plan and post-processing
+    come from the model itself; the data version and TTA were not recorded, and say so."""
+    unknown = "unknown (evaluated before comparison keys were recorded)"
+    return key_parts(op["split"], unknown, description.preprocess, _postprocess(description), unknown)
+
+
+def _postprocess(description: ModelDescription) -> dict:
+    return description.postprocess.model_dump() if description.postprocess else {}
 
 
 DEFERRED = {REGISTER_OP: register_deferred}  # what `medseg runs sync` hands to sync()

@@ -15,6 +15,7 @@ class Version:
     score: float | None
     key: str | None
     parts: dict[str, str] = field(default_factory=dict, compare=False)
+    placed: frozenset[str] = field(default=frozenset(), compare=False)  # the aliases medseg ever put on it
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ MODEL_DIGEST = "model_sha256"
 KEY = "comparison_key"  # digest of the key.* tags: scores compare only where it is equal
 KEY_PREFIX = "key."  # key.split, key.data, key.plan, key.tta, key.postprocess
 EVALUATION_PREFIX = "evaluation."  # evaluation.<time in ms>: each evaluation's score, key, alias and reason (JSON)
+PLACED = (
+    "alias.{}.placed"  # set on a version before medseg moves the alias to it: a holder without it was moved outside
+)
+OUTSIDE = "someone outside medseg (the MLflow UI or API)"
 # registered-model tags, per alias: why it stands where it does, and a person's move (JSON: version, by, at, note)
 WHY, MOVED = "alias.{}.why", "alias.{}.moved_by_hand"
 
@@ -122,12 +126,15 @@ def _versions(client: MlflowClient, name: str) -> list[Version]:
         tags = registered.tags
         score = float(tags[SCORE]) if SCORE in tags else None
         parts = {k[len(KEY_PREFIX) :]: v for k, v in tags.items() if k.startswith(KEY_PREFIX)}
-        found.append(Version(int(registered.version), score, tags.get(KEY), parts))
+        placed = frozenset(a for a in (CHAMPION, CHALLENGER) if PLACED.format(a) in tags)
+        found.append(Version(int(registered.version), score, tags.get(KEY), parts, placed))
     return sorted(found, key=lambda v: v.number)
 
 
-def _state(client: MlflowClient, name: str) -> tuple[dict[str, int], dict[str, Move]]:
-    """Where the aliases are, and the moves people made."""
+def _state(client: MlflowClient, name: str) -> tuple[dict[str, int], dict[str, Move], list[Version]]:
+    """Where the aliases are, the moves people made (with ``medseg runs alias``, recorded; outside medseg, found
+    here and recorded from now on, so that it holds as a person's choice), and the versions. The aliases are read
+    before the versions: medseg marks a version before it moves an alias there, so the mark is seen."""
     model = client.get_registered_model(name)
     holders = {alias: int(number) for alias, number in model.aliases.items() if alias in (CHAMPION, CHALLENGER)}
     moves = {
@@ -135,7 +142,26 @@ def _state(client: MlflowClient, name: str) -> tuple[dict[str, int], dict[str, M
         for a in (CHAMPION, CHALLENGER)
         if MOVED.format(a) in model.tags
     }
-    return holders, moves
+    versions = _versions(client, name)
+    for alias, number in holders.items():
+        if _moved_outside(alias, number, versions, moves.get(alias)):
+            note = "found at the next evaluation: not moved with `medseg runs alias`"
+            moves[alias] = Move(number, max(v.number for v in versions), OUTSIDE, _now(), note)
+            log.warning("%s@%s was moved to version %d outside medseg; kept as a person's choice", name, alias, number)
+            _concurrently(client.set_registered_model_tag, name, MOVED.format(alias), json.dumps(asdict(moves[alias])))
+    return holders, moves, versions
+
+
+def _moved_outside(alias: str, number: int, versions: list[Version], move: Move | None) -> bool:
+    """medseg marks a version before moving an alias to it; a registry from before the marks is not judged."""
+    if move is not None and move.version == number or not any(alias in v.placed for v in versions):
+        return False
+    return not any(v.number == number and alias in v.placed for v in versions)
+
+
+def _place(client: MlflowClient, name: str, alias: str, number: int) -> None:
+    _concurrently(client.set_model_version_tag, name, str(number), PLACED.format(alias), _now())
+    _concurrently(client.set_registered_model_alias, name, alias, str(number))
 
 
 def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[Version], dict[str, Move]]:
@@ -143,16 +169,18 @@ def _settle(client: MlflowClient, name: str) -> tuple[dict[str, int], list[Versi
     has no compare-and-set, but since every evaluation aims at the same target and checks after its own last move,
     the last one to move an alias corrects whatever an evaluation with an older view wrote before it."""
     for _ in range(10):
-        versions, (holders, moves) = _versions(client, name), _state(client, name)
+        holders, moves, versions = _state(client, name)
         target = targets(versions, holders.get(CHAMPION), moves)
         if all(holders.get(alias) == number for alias, number in target.items()):
             break
         for alias, number in target.items():
-            _concurrently(client.set_registered_model_alias, name, alias, str(number))
+            _place(client, name, alias, number)
         time.sleep(random.uniform(0.1, 0.3))
     else:
         log.warning("%s: the aliases kept moving under concurrent evaluations; look at them in the registry", name)
     for alias, number in target.items():
+        if not any(v.number == number and alias in v.placed for v in versions):  # where it stands, marked as medseg's
+            _concurrently(client.set_model_version_tag, name, str(number), PLACED.format(alias), _now())
         _concurrently(
             client.set_registered_model_tag, name, WHY.format(alias), reason_for(number, target, versions, moves)[1]
         )
@@ -223,6 +251,6 @@ def move_alias(name: str, alias: str, number: int, note: str = "") -> str:
     who = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
     move = Move(number, newest, who, _now(), note)
     client.set_registered_model_tag(name, MOVED.format(alias), json.dumps(asdict(move)))
-    client.set_registered_model_alias(name, alias, str(number))
+    _place(client, name, alias, number)
     target, versions, moves = _settle(client, name)
     return reason_for(target[alias], target, versions, moves)[1]

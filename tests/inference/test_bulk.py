@@ -134,8 +134,15 @@ def test_a_second_run_skips_what_is_finished_and_redoes_a_deleted_output_alone(r
     kept = run_segment(IMAGES, "-o", tmp_path / "out", "-m", other, "--engine", "ray", "--keep-other-models")
     assert kept.exit_code == 0 and "0 segmented, 6 skipped (finished earlier)" in kept.output
     row = manifest(tmp_path / "out")[CASES[0].name]
-    assert is_finished(row, tmp_path / "out", file_digest(untrained_model))
+    assert row["tta"] == "false" and is_finished(row, tmp_path / "out", file_digest(untrained_model))
     assert not is_finished(row, tmp_path / "out", file_digest(other))  # without --keep-other-models: redone
+    # another TTA setting makes other labels: every case runs again, even keeping other models' outputs
+    with_tta = run_segment(
+        IMAGES, "-o", tmp_path / "out", "-m", other, "--engine", "ray", "--keep-other-models", "--tta"
+    )
+    assert with_tta.exit_code == 0 and "6 segmented, 0 skipped" in with_tta.output
+    assert {row["tta"] for row in manifest(tmp_path / "out").values()} == {"true"}
+    assert not is_finished({**row, "tta": ""}, tmp_path / "out", None)  # a manifest from before TTA was recorded
 
 
 def _kill_first_busy_worker(killed: list[int], stop: threading.Event) -> None:

@@ -153,7 +153,7 @@ def test_aliases_a_stale_evaluation_moved_are_put_back(registry):
     right = {
         a: str(client.get_model_version_by_alias("medseg-hippocampus", a).version) for a in ("champion", "challenger")
     }
-    client.set_registered_model_alias("medseg-hippocampus", "champion", right["challenger"])
+    registry_module._place(client, "medseg-hippocampus", "champion", int(right["challenger"]))  # as medseg moves
     client.delete_registered_model_alias("medseg-hippocampus", "challenger")
     target, *_ = registry_module._settle(client, "medseg-hippocampus")
     now = {
@@ -251,6 +251,30 @@ def test_a_hand_moved_alias_survives_a_worse_model_and_yields_to_a_better_compar
     assert champion.run_id == better_run
     why = client.get_registered_model("medseg-hippocampus").tags["alias.champion.why"]
     assert f"beats version {worse_version.version}'s" in why
+
+
+def test_an_alias_moved_outside_medseg_is_found_and_kept_as_a_persons_choice(registry):
+    """Moved in the MLflow UI (or with MLflow's API), not with `medseg runs alias`: the next evaluation finds it,
+    records who it can (someone outside medseg) and keeps it, as it keeps a move made with medseg."""
+    root, *_ = registry
+    client = mlflow.MlflowClient()
+    model = "medseg-hippocampus"
+    champion = int(client.get_model_version_by_alias(model, "champion").version)
+    never_champion = [
+        int(v.version)
+        for v in client.search_model_versions(f"name='{model}'")
+        if "alias.champion.placed" not in v.tags and "eval_dice_mean" in v.tags and int(v.version) != champion
+    ]
+    assert never_champion, "the registry fixture has a scored version medseg never made champion"
+    client.set_registered_model_alias(model, "champion", str(never_champion[0]))  # as the MLflow UI does
+
+    _run_beside(root, "after_outside_move", root / "worse" / "model.pt")
+    _evaluate(root, "after_outside_move", "r_after_outside_move")
+    assert int(client.get_model_version_by_alias(model, "champion").version) == never_champion[0]
+    tags = client.get_registered_model(model).tags
+    record = json.loads(tags["alias.champion.moved_by_hand"])
+    assert record["version"] == never_champion[0] and record["by"] == registry_module.OUTSIDE
+    assert tags["alias.champion.why"].startswith(f"moved here by {registry_module.OUTSIDE}")
 
 
 def test_a_model_with_non_finite_weights_is_never_registered(registry):
