@@ -99,3 +99,9 @@ def test_files_and_functions_are_short(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES
     ]
     assert not long, f"{path}: {long}"
+
+
+def test_test_modules_have_names_of_their_own():
+    """The tests mirror the package in folders, but pytest's default import mode imports them by file name."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert not {name for name in names if names.count(name) > 1}
