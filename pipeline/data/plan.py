@@ -81,9 +81,12 @@ def plan_spacing(fingerprints: list[dict[str, Any]], config: PreprocessConfig) -
     return target_spacing([f["spacing"] for f in fingerprints], [f["shape"] for f in fingerprints])
 
 
-def plan_preprocessing(fingerprints: list[dict[str, Any]], modality: str, config: PreprocessConfig) -> dict[str, Any]:
-    """Everything needed to prepare a volume the way the training data was prepared."""
-    spacing, _ = plan_spacing(fingerprints, config)
+def plan_preprocessing(
+    fingerprints: list[dict[str, Any]], modality: str, config: PreprocessConfig, spacing: list[float] | None = None
+) -> dict[str, Any]:
+    """Everything needed to prepare a volume the way the training data was prepared (``spacing``: as
+    ``plan_spacing`` planned it, where the caller has it already)."""
+    spacing = spacing if spacing is not None else plan_spacing(fingerprints, config)[0]
     return {
         "orientation": config.orientation,
         "spacing": [float(s) for s in spacing],

@@ -192,9 +192,10 @@ def preprocess(raw_dir: Path, out_dir: Path, data_config: DataConfig, config: Pr
     digests = {case.case_id: input_digest(case) for case in dataset.cases}
     cases, accepted, n_rejected = _accepted(dataset, digests, raw_dir, out_dir, config, workers)
     fingerprints = [cases[c.case_id]["fingerprint"] for c in accepted]
-    plan = plan_preprocessing(fingerprints, dataset.modality, config)
+    spacing, why = plan_spacing(fingerprints, config)
+    plan = plan_preprocessing(fingerprints, dataset.modality, config, spacing)
     experiment = {
-        "reasons": {"spacing": plan_spacing(fingerprints, config)[1]},
+        "reasons": {"spacing": why},
         **plan_experiment(fingerprints, plan["spacing"], dataset.dimensions),
     }
     weight_map = config.weight_map.model_dump() if config.weight_map else None
