@@ -180,7 +180,7 @@ class TrainConfig(_Section):
         "learning-rate schedule then runs to its end within it.",
     )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="sgd: with Nesterov momentum.")
-    learning_rate: float = Field(1e-3, gt=0, description="The initial (peak, after any warm-up) learning rate.")
+    learning_rate: float = Field(1e-3, ge=0, description="The initial (peak, after any warm-up) learning rate.")
     weight_decay: float = Field(1e-5, ge=0, description="Decoupled for adamw, L2 for adam and sgd.")
     momentum: float = Field(0.99, ge=0, lt=1, description="sgd only.")
     schedule: Literal["cosine", "poly", "step", "constant"] = Field(
