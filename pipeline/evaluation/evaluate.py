@@ -17,6 +17,7 @@ from pipeline.data.volumes import read_image, to_metatensor
 from pipeline.evaluation.metrics import LabelledCase
 from pipeline.evaluation.scoring import evaluate_cases
 from pipeline.inference.predictor import predict
+from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import load_model
 
 
@@ -35,10 +36,26 @@ def evaluate(
 ) -> dict:
     """The summary of the scores, with per-case scores and the report written to OUT_DIR. ``tta``: segment with
     mirroring test-time augmentation (params' ``inference.tta``)."""
-    config = config or EvaluateConfig()
-    out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model_path, device)
+    return evaluate_loaded(network, description, model_path, prep_dir, split_json, out_dir, config, tta)
+
+
+def evaluate_loaded(
+    network: torch.nn.Module,
+    description: ModelDescription,
+    model_path: Path,
+    prep_dir: Path,
+    split_json: Path,
+    out_dir: Path,
+    config: EvaluateConfig | None = None,
+    tta: bool = False,
+) -> dict:
+    """``evaluate`` with the model already loaded (``model_path`` only names it in the report), for a caller that
+    goes on using it: the evaluate stage registers the same network."""
+    config = config or EvaluateConfig()
+    out_dir = Path(out_dir)
+    device = next(network.parameters()).device
     labels = {int(k): v for k, v in description.labels.items()}
     classes = {k: labels[k] for k in sorted(labels) if k != 0}  # class indices, as predictions hold them
     manifest = pd.read_csv(Path(prep_dir) / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
@@ -57,7 +74,7 @@ def evaluate(
             image=image[0].numpy(),
         )
 
-    summary = evaluate_cases(
+    return evaluate_cases(
         validation,
         segmented,
         classes,
@@ -66,5 +83,3 @@ def evaluate(
         title="Evaluation on the validation cases",
         details={"model": str(model_path), "cases": f"the validation cases of {split_json}, segmented from raw files"},
     )
-
-    return summary

@@ -274,8 +274,8 @@ def segment_bulk(
         with tqdm(total=len(sources), initial=summary.skipped, desc="segmenting", unit="case") as bar:
             last_write, start = time.monotonic(), time.monotonic()
             for source, result in results:
-                row = {"input": str(source.path), "output": outputs[source], **result, "model_sha256": model_sha256}
-                row["tta"] = str(options.tta).lower()
+                row = {"input": str(source.path), "output": outputs[source], **result}
+                row.update(model_sha256=model_sha256, tta=str(options.tta).lower())
                 rows[(row["input"], row["output"])] = row
                 _count(summary, row)
                 bar.update()

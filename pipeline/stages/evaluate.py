@@ -1,4 +1,4 @@
-"""``medseg evaluate``: the validation cases segmented and scored (``evaluation.evaluate``), the scores added to
+"""``medseg evaluate``: the validation cases segmented and scored (``evaluation.evaluate_loaded``), the scores added to
 the training's MLflow run, and the model registered with its comparison key."""
 
 from __future__ import annotations
@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from pipeline.config import EvaluateConfig, MlflowConfig
 from pipeline.errors import ModelError
-from pipeline.evaluation import evaluate as evaluation
+from pipeline.evaluation.evaluate import evaluate_loaded
 from pipeline.evaluation.scoring import OUTPUT_FILES
 from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import load_model
@@ -42,7 +44,9 @@ def evaluate(
     (cross-validation's folds), the model to the registry (``tracking.registered_model``): one version per run and
     model file, this evaluation's score recorded on it with its comparison key (split, data, plan, TTA,
     post-processing). Nothing is registered where ``MEDSEG_NO_REGISTRY`` is set (``medseg reproduce``)."""
-    summary = evaluation.evaluate(model_path, prep_dir, split_json, out_dir, config, tta)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network, description = load_model(model_path, device)  # once: scored, then registered
+    summary = evaluate_loaded(network, description, model_path, prep_dir, split_json, out_dir, config, tta)
     if not (run_file and Path(run_file).is_file()):
         return summary
     _check_not_empty(summary, model_path)
@@ -52,7 +56,6 @@ def evaluate(
     for name in OUTPUT_FILES:
         run.log_artifact(Path(out_dir) / name, artifact_path="evaluation")
     if register_model and registering():
-        network, description = load_model(model_path)
         dataset = json.loads((Path(prep_dir) / "dataset.json").read_text())["name"]
         name = registered_name((tracking or MlflowConfig()).registered_model, dataset)
         key = comparison_key(split_json, description.preprocess, _postprocess(description), tta)

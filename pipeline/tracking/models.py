@@ -8,8 +8,9 @@ from pathlib import Path
 import mlflow
 
 from pipeline.errors import ModelError
-from pipeline.tracking.registry import MODEL_URI_SCHEMES
 from pipeline.tracking.runs import configure, describe_error
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
 
 def is_model_uri(text: str) -> bool:

@@ -31,7 +31,6 @@ from pipeline.tracking.runs import configure, describe_error
 
 log = logging.getLogger(__name__)
 
-MODEL_URI_SCHEMES = ("models:/", "runs:/")
 MODEL_NAME = "model"  # the MLflow model's name in its run (runs:/<id>/model)
 REGISTER_OP = "register"  # a registration kept for `medseg runs sync` while the server was away
 NO_REGISTRY = "MEDSEG_NO_REGISTRY"  # set (to anything but 0) by `medseg reproduce`: evaluations register nothing
