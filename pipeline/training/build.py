@@ -38,6 +38,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    deadline: float | None = None  # time.monotonic() at which the budget ends, when it set the epochs
 
 
 def build_trainer(
@@ -82,7 +83,9 @@ def build_trainer(
     )
     if step_plan.compiled:
         step_network = torch.compile(step_network)
-    return Trainer(config, step_plan, network, step_network, loss_function, optimizer, scheduler, scaler)
+    # a resumed run keeps its epochs: its clock started again
+    deadline = started + config.budget_minutes * 60 if params.train.epochs is None and not state else None
+    return Trainer(config, step_plan, network, step_network, loss_function, optimizer, scheduler, scaler, deadline)
 
 
 def data_threads(config: TrainConfig, device: torch.device) -> int:

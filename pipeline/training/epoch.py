@@ -89,7 +89,9 @@ def run_epoch(
         record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     out_of_time = config.max_minutes is not None and progress.minutes + seconds / 60 >= config.max_minutes
     if progress.epoch % config.val_every == 0 or progress.epoch == config.epochs or out_of_time:
+        validation_started = time.monotonic()
         dice = validation_dice(trainer.network, data.val_loader, description, device)
+        record["validation_seconds"] = world.broadcast(time.monotonic() - validation_started)
         record.update({f"val_dice_{name}": float(d) for name, d in zip(foreground, dice)})
         record["val_dice_mean"] = float(dice.nanmean())
         record_validation(progress, record["val_dice_mean"], trainer.network)

@@ -35,3 +35,16 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> lr_
         optimizer, start_factor=1.0 / (config.warmup_epochs + 1), total_iters=config.warmup_epochs
     )
     return lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[config.warmup_epochs])
+
+
+def rebuild_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, epochs_done: int
+) -> lr_scheduler.LRScheduler:
+    """The schedule over ``config.epochs`` as it stands after ``epochs_done`` epochs had it been built with that
+    count from the start: when a run's epochs are fitted again, its schedule stretches or shrinks, never cut off."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    schedule = build_schedule(optimizer, config)
+    for _ in range(epochs_done):
+        schedule.step()
+    return schedule

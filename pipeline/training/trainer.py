@@ -28,6 +28,7 @@ from pipeline.params import flatten, params_yaml
 from pipeline.provenance import git_commit, lineage_files, provenance_tags
 from pipeline.run_log import OpenRun, RunLogger
 from pipeline.training import distributed
+from pipeline.training.budget import Pace, refit
 from pipeline.training.build import Trainer, build_trainer, data_threads
 from pipeline.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from pipeline.training.data import TrainingData, training_data
@@ -40,7 +41,7 @@ from pipeline.training.progress import Progress, stop_reason
 log = logging.getLogger(__name__)
 MODEL_FILE, HISTORY_FILE, RUN_FILE, CHECKPOINT_FILE = "model.pt", "history.csv", "mlflow_run.json", "checkpoint.pt"
 # measured, so they differ between runs of the same params
-TIMING_COLUMNS = ["data_wait_fraction", "samples_per_s", "minutes"]
+TIMING_COLUMNS = ["data_wait_fraction", "samples_per_s", "minutes", "validation_seconds"]
 
 
 def train(prep_dir: Path, split_json: Path, out_dir: Path, params: Params, open_run: OpenRun) -> dict[str, Any]:
@@ -144,33 +145,45 @@ def _epochs(
     fingerprint: str,
 ) -> None:
     """Epochs until the planned number or a stop; after each, the record logged and a checkpoint (rank 0)."""
-    config, threads = trainer.config, data_threads(trainer.config, world.device)
+    threads = data_threads(trainer.config, world.device)
     labels = data.meta["labels"]
     foreground = [name for key, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if key != "0"]
     checkpoint_path = out_dir / CHECKPOINT_FILE
-    while progress.epoch < config.epochs and not progress.stopped:
+    pace = Pace(trainer.deadline) if trainer.deadline is not None else None
+    while progress.epoch < trainer.config.epochs and not progress.stopped:
+        epoch_started = time.monotonic()
         record = run_epoch(trainer, data, description, progress, world, threads, foreground, checkpoint_path)
-        progress.stopped = stop_reason(progress, config)
+        progress.stopped = stop_reason(progress, trainer.config)
+        if pace and pace.due(progress.epoch, trainer.config.epochs) and refit(trainer, progress, pace, world.broadcast):
+            record["planned_epochs"] = trainer.config.epochs
+        progress.step_plan = description.step_plan = trainer.step_plan.as_dict()
         rng = world.gather(rng_state())
-        if not world.main:
-            continue
-        measured = {k: v for k, v in record.items() if k != "epoch"}
-        run.log_metrics(measured, step=progress.epoch)
-        log.info("epoch %d: %s", progress.epoch, ", ".join(f"{k}={v:.4g}" for k, v in measured.items()))
-        write_csv(out_dir / HISTORY_FILE, pd.DataFrame(progress.history))
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "fingerprint": fingerprint,
-                "network": trainer.network.state_dict(),
-                "optimizer": trainer.optimizer.state_dict(),
-                "scheduler": trainer.scheduler.state_dict(),
-                "scaler": trainer.scaler.state_dict(),
-                "rng": rng,
-                "progress": asdict(progress),
-                "mlflow_run_id": run.run_id,
-            },
-        )
+        if world.main:
+            _log_epoch(record, trainer, progress, run, out_dir, {"fingerprint": fingerprint, "rng": rng})
+        if pace:  # checkpointing included
+            pace.measure(progress.epoch, time.monotonic() - epoch_started, record.get("validation_seconds"))
+
+
+def _log_epoch(
+    record: dict[str, float], trainer: Trainer, progress: Progress, run: RunLogger, out_dir: Path, state: dict
+) -> None:
+    """The epoch's record to the run log and the history, and everything needed to resume to the checkpoint."""
+    measured = {k: v for k, v in record.items() if k != "epoch"}
+    run.log_metrics(measured, step=progress.epoch)
+    log.info("epoch %d: %s", progress.epoch, ", ".join(f"{k}={v:.4g}" for k, v in measured.items()))
+    write_csv(out_dir / HISTORY_FILE, pd.DataFrame(progress.history))
+    save_checkpoint(
+        out_dir / CHECKPOINT_FILE,
+        {
+            **state,
+            "network": trainer.network.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "scaler": trainer.scaler.state_dict(),
+            "progress": asdict(progress),
+            "mlflow_run_id": run.run_id,
+        },
+    )
 
 
 def _planned_params(configuration: dict[str, Any], step_plan: StepPlan) -> dict[str, Any]:

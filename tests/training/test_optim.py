@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.training.optim import build_optimizer, build_schedule
+from pipeline.training.optim import build_optimizer, build_schedule, rebuild_schedule
 
 
 def _rates(config: TrainConfig) -> list[float]:
@@ -41,3 +41,24 @@ def test_warmup_rises_linearly_then_hands_over_to_the_schedule():
     rates = _rates(TrainConfig(schedule="cosine", epochs=10, warmup_epochs=3, learning_rate=1.0))
     assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert rates[4:] == sorted(rates[4:], reverse=True) and rates[-1] < 0.1
+
+
+@pytest.mark.parametrize("warmup_epochs", [0, 3])
+@pytest.mark.parametrize("schedule", ["cosine", "poly"])
+@pytest.mark.parametrize("refitted_epochs", [14, 30])
+def test_a_schedule_rebuilt_for_another_count_runs_as_if_planned_with_it(schedule, warmup_epochs, refitted_epochs):
+    planned = TrainConfig(schedule=schedule, epochs=20, warmup_epochs=warmup_epochs, learning_rate=1.0)
+    refitted = planned.model_copy(update={"epochs": refitted_epochs})
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], planned)
+    schedule_in_use = build_schedule(optimizer, planned)
+    for _ in range(5):
+        optimizer.step()
+        schedule_in_use.step()
+    schedule_in_use = rebuild_schedule(optimizer, refitted, epochs_done=5)
+    rates = []
+    for _ in range(5, refitted_epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule_in_use.step()
+    assert rates == pytest.approx(_rates(refitted)[5:], abs=1e-12)
+    assert schedule_in_use.get_last_lr()[0] == pytest.approx(0, abs=1e-9), "the schedule still ends with the run"

@@ -262,7 +262,7 @@ def test_skipping_non_finite_steps_still_stops_when_nothing_trains(prepared, tin
 
 
 @pytest.mark.slow
-def test_without_an_epoch_count_the_probe_fits_the_epochs_to_the_budget(prepared, tiny_params):
+def test_without_an_epoch_count_the_probe_fits_the_epochs_to_the_budget_and_the_pace_refits_them(prepared, tiny_params):
     budgeted = _with(tiny_params, epochs=None, val_every=None, amp="auto", budget_minutes=0.3)
     _train(prepared, budgeted, "models")
     _, description = load_model(prepared / "models" / "model.pt")
@@ -271,4 +271,7 @@ def test_without_an_epoch_count_the_probe_fits_the_epochs_to_the_budget(prepared
     assert len(history) == step_plan["epochs"] >= 1
     assert history.lr.iloc[-1] == pytest.approx(0, abs=1e-9), "the cosine schedule ran to its end"
     assert "budget" in step_plan["reasons"]["epochs"] and step_plan["reasons"]["precision"]
+    assert "re-fitted after epoch" in step_plan["reasons"]["epochs"], "the epochs were fitted again to the pace kept"
+    if "planned_epochs" in history:  # the count changed
+        assert history.planned_epochs.dropna().iloc[-1] == step_plan["epochs"]
     assert description.configuration["patch_size"] == [32, 48, 32]
