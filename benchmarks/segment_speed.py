@@ -2,6 +2,7 @@
 
     python benchmarks/segment_speed.py [--model models/model.pt] [--prep data/preprocessed]
         [--split data/split.json] [--cases 20] [--ct-classes 14] [--skip-hippocampus] [--skip-ct] 2>/dev/null
+    python benchmarks/segment_speed.py --archive DIR [--copies 20]    (the CT archive of segment_engines.sh)
 
 (a) Hippocampus: the trained model (``--model``; train one with ``dvc repro`` first) segments the
 validation cases of ``--split`` from their raw files, as the evaluate stage does: median seconds
@@ -128,6 +129,16 @@ def ct(model: Path, volume: Path, out_dir: Path, tta: bool, probabilities: bool)
     return {"s_per_volume": time.perf_counter() - started, "peak_rss_gib": _peak_rss_gib()}
 
 
+def make_archive(target: Path, copies: int, n_classes: int) -> None:
+    """An archive for ``segment_engines.sh``: hard links to one CT (each read and decompressed as its own file)."""
+    (target / "volumes").mkdir(parents=True, exist_ok=True)
+    volume = make_ct(target / "ct_512x512x300.nii.gz")
+    for copy in range(copies):
+        (target / "volumes" / f"ct_{copy:03d}.nii.gz").hardlink_to(volume)
+    ct_model(target / "model.pt", n_classes)
+    print(f"benchmarks/segment_engines.sh {target / 'model.pt'} {target / 'volumes'}")
+
+
 def _in_child(kind: str, **arguments) -> dict[str, float]:
     """One configuration in a fresh interpreter: its peak memory is its own."""
     command = [sys.executable, __file__, "--child", json.dumps({"kind": kind, **arguments})]
@@ -157,10 +168,16 @@ def main() -> None:
     parser.add_argument("--skip-ct", action="store_true")
     parser.add_argument("--results", type=Path, default=record.RESULTS / "segment_speed.csv")
     parser.add_argument("--no-record", action="store_true", help="print the figures, append them nowhere")
+    parser.add_argument(
+        "--archive", type=Path, help="write DIR/volumes (--copies links to the CT of (b)) and DIR/model.pt, then stop"
+    )
+    parser.add_argument("--copies", type=int, default=20)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(json.loads(args.child))
+    if args.archive:
+        return make_archive(args.archive, args.copies, args.ct_classes)
 
     import torch
 

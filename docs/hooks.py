@@ -364,7 +364,9 @@ def _header(name: str, headers: dict[str, str]) -> str:
 def table(page: Any, path: str, pivot: list[str] | None = None, headers: dict[str, str] | None = None) -> str:
     """A result CSV as a markdown table, with how it was measured (its command, machine and date columns) below.
 
-    ``pivot=[ROW, COLUMN, VALUE]`` spreads a long table: one row per ROW value, one column per COLUMN value.
+    ``pivot=[ROW, COLUMN, VALUE]`` spreads a long table: one row per ROW value, one column per COLUMN value, each
+    column from its latest measurement (the rows that share the last command, machine, date and commit); earlier
+    measurements stay in the file, and in git.
     Rows measured with different commands, machines or dates are numbered and the list below says which is which.
     """
     columns, rows = _read_csv(path)
@@ -374,13 +376,12 @@ def table(page: Any, path: str, pivot: list[str] | None = None, headers: dict[st
     shown = [c for c in columns if c not in META]
     if pivot:
         row_key, column_key, value_key = pivot
+        sets = {row[column_key]: tuple(row.get(m, "") for m in META) for row in rows}  # each column's latest
         wide: dict[str, dict[str, str]] = {}
         for row in rows:
-            wide.setdefault(row[row_key], {})[row[column_key]] = row[value_key]
-        groups = list(dict.fromkeys(row[column_key] for row in rows))
-        sets = {}
-        for row in rows:
-            sets.setdefault(row[column_key], tuple(row.get(m, "") for m in META))
+            if tuple(row.get(m, "") for m in META) == sets[row[column_key]]:
+                wide.setdefault(row[row_key], {})[row[column_key]] = row[value_key]
+        groups = list(sets)
         body = [[key, *(values.get(g, "") for g in groups)] for key, values in wide.items()]
         markdown = _table([_header(row_key, headers) if row_key in headers else "", *groups], body)
         note = "\n".join(f"- {group}: {_measured(how)}" for group, how in sets.items())

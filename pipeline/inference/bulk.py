@@ -1,11 +1,11 @@
 """``medseg segment --engine ray``: segment thousands of volumes on a Ray cluster (or a local Ray), resumably.
 
 Each worker is a Ray actor that loads the model once and segments cases with ``segment.segment_case``, two at
-a time so that reading and writing one overlaps the network's work on the other. ``OUT/manifest.csv`` records
-every case as it finishes (input, outputs, status, seconds, error, the outputs' and the model's SHA-256); a
-second run skips the cases whose outputs that model already wrote. A case whose input cannot be read fails
-alone; a worker process that dies (killed, out of memory) is restarted by Ray and its cases run again, their
-outputs written atomically under their final names once.
+a time so that reading, preparing, resampling and writing one overlaps the network's work on the other.
+``OUT/manifest.csv`` records every case as it finishes (input, outputs, status, seconds, error, the outputs' and
+the model's SHA-256, the worker's peak memory); a second run skips the cases whose outputs that model already
+wrote. A case whose input cannot be read fails alone; a worker process that dies (killed, out of memory) is
+restarted by Ray and its cases run again, their outputs written atomically under their final names once.
 
 Inputs, outputs and the model file are read and written by the workers themselves, so on a cluster of several
 machines they must lie on a file system that every node mounts at the same path.
@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import resource
+import sys
 import threading
 import time
 from collections import deque
@@ -26,14 +28,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.errors import InputError, MedsegError
-from pipeline.files import write_text
+from pipeline.files import file_digest, write_text
 from pipeline.inference.segment import Source, check_format, find_sources, open_model, output_paths, segment_case
 from pipeline.networks.model import load_model
 
 MANIFEST = "manifest.csv"
-COLUMNS = ("input", "output", "status", "seconds", "error", "output_sha256", "model_sha256", "tta")
+# worker_peak_mib: the peak resident memory of the worker process that ran the case, up to its end
+COLUMNS = ("input", "output", "status", "seconds", "error", "output_sha256", "model_sha256", "tta", "worker_peak_mib")
 FINISHED = ("done", "skipped")
-CASES_PER_WORKER = 2  # in flight per worker: one in the network while the other is read or written
+CASES_PER_WORKER = 2  # in flight per worker: one in the network while the other is read, resampled or written
 TASK_RETRIES = 2  # a case whose worker died this many times more (it may be what kills it) is failed
 MANIFEST_INTERVAL_S = 1.0  # the manifest is rewritten whole: at most this often while cases finish
 
@@ -66,14 +69,6 @@ class Summary:
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     manifest: Path = Path(MANIFEST)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_digest(path: Path) -> str:
@@ -125,12 +120,13 @@ class SegmentWorker:
     """One Ray actor: the model loaded once, then any number of cases (``segment``), two at a time."""
 
     def __init__(self, model_path: str, out_dir: str, options: Options, threads: int):
+        import SimpleITK as sitk
         import torch
 
+        # the worker's CPUs for the network and for ITK's resampling alike (ITK would take every core of the node)
         torch.set_num_threads(threads)
-        self.model = open_model(model_path)
-        self.out_dir = Path(out_dir)
-        self.options = options
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        self.model, self.out_dir, self.options = open_model(model_path), Path(out_dir), options
         self.network_lock = threading.Lock()
 
     def segment(self, source: Source) -> dict[str, str]:
@@ -153,7 +149,13 @@ class SegmentWorker:
             reason = str(err) if isinstance(err, MedsegError) else f"{err.__class__.__name__}: {err}"
             status, error, digests = "failed", _naming(source, reason), ""
         seconds = f"{time.perf_counter() - start:.2f}"
-        return {"status": status, "seconds": seconds, "error": error, "output_sha256": digests}
+        return {"status": status, "seconds": seconds, "error": error, "output_sha256": digests, **_peak_memory()}
+
+
+def _peak_memory() -> dict[str, str]:
+    """What sizes a worker: Linux reports the high-water mark in KiB, macOS in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return {"worker_peak_mib": f"{peak:.0f}"}
 
 
 def _naming(source: Source, reason: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from math import prod
 
 import numpy as np
@@ -101,17 +102,29 @@ def _overlap_tile(network: torch.nn.Module, images: torch.Tensor, description: M
 
 
 def predict(
-    network: torch.nn.Module, description: ModelDescription, image: MetaTensor, device: torch.device, tta: bool = False
+    network: torch.nn.Module,
+    description: ModelDescription,
+    image: MetaTensor,
+    device: torch.device,
+    tta: bool = False,
+    network_lock: AbstractContextManager | None = None,
 ) -> np.ndarray:
-    """Label map (uint8) indexed like ``image`` (channel-first, as read), whatever preparation did in between."""
-    return _predict(network, description, image, device, tta, keep_probabilities=False)[0]
+    """Label map (uint8) indexed like ``image`` (channel-first, as read), whatever preparation did in between.
+    ``network_lock`` is held while the network runs (not while the image is prepared or the result resampled),
+    so that a worker with two cases in flight keeps its network busy with one while the other is resampled."""
+    return _predict(network, description, image, device, tta, False, network_lock)[0]
 
 
 def predict_with_probabilities(
-    network: torch.nn.Module, description: ModelDescription, image: MetaTensor, device: torch.device, tta: bool = False
+    network: torch.nn.Module,
+    description: ModelDescription,
+    image: MetaTensor,
+    device: torch.device,
+    tta: bool = False,
+    network_lock: AbstractContextManager | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The label map, and the class probabilities on the same grid: uint8 (class, *shape), p * PROBABILITY_SCALE."""
-    return _predict(network, description, image, device, tta, keep_probabilities=True)
+    return _predict(network, description, image, device, tta, True, network_lock)
 
 
 def _predict(
@@ -121,12 +134,15 @@ def _predict(
     device: torch.device,
     tta: bool,
     keep_probabilities: bool,
+    network_lock: AbstractContextManager | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     prepared = prepare(description.preprocess, (IMAGE,))({IMAGE: image})[IMAGE]
     n_classes = description.network.out_channels
-    stitch = stitching_device(tuple(prepared.shape[1:]), n_classes, device)
-    images = prepared.as_tensor()[None].to(stitch)
-    model_grid = sliding_window_probabilities(network, images, description, tta, device)[0].to("cpu", torch.float16)
+    with network_lock or nullcontext():
+        stitch = stitching_device(tuple(prepared.shape[1:]), n_classes, device)
+        images = prepared.as_tensor()[None].to(stitch)
+        model_grid = sliding_window_probabilities(network, images, description, tta, device)[0]
+    model_grid = model_grid.to("cpu", torch.float16)
     # resample probabilities, not labels, back to the input grid; then take the most likely class
     labels, probabilities = _on_input_grid(model_grid, prepared.affine, image, keep_probabilities)
     # the post-processing that training chose (decided on its validation cases), if any

@@ -8,7 +8,7 @@ gives a label map of the same name and format; a DICOM series gives ``<folder>.n
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,16 +180,14 @@ def segment_case(
 ) -> list[Path]:
     """Segment one input with a loaded model and write its files (``output_paths``); raises MedsegError for an
     input that cannot be segmented. ``network_lock`` is held while the network runs, so that a worker segmenting
-    two cases at once reads and writes one while the network runs on the other."""
+    two cases at once reads, prepares, resamples and writes one while the network runs on the other."""
     reference = read_image(source.path, source.series)
     image = to_metatensor(reference)
-    with network_lock or nullcontext():
-        if probabilities:
-            classes, class_probabilities = predict_with_probabilities(
-                model.network, model.description, image, model.device, tta
-            )
-        else:
-            classes, class_probabilities = predict(model.network, model.description, image, model.device, tta), None
+    arguments = (model.network, model.description, image, model.device, tta, network_lock)
+    if probabilities:
+        classes, class_probabilities = predict_with_probabilities(*arguments)
+    else:
+        classes, class_probabilities = predict(*arguments), None
     del image
     label_values = model.description.label_values
     if class_probabilities is not None:

@@ -5,7 +5,6 @@ resolved back to a self-describing model file."""
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import MedsegError
+from pipeline.files import file_digest
 from pipeline.networks.model import check_finite
 from pipeline.provenance import key_digest
 from pipeline.tracking.aliases import CHALLENGER, CHAMPION, SCORE, Move, Version, reason_for, targets
@@ -91,12 +91,8 @@ def _log_model(run_id: str, network: torch.nn.Module, model_file: Path, patch_si
             extra_files=[str(model_file)],
             pip_requirements=[f"torch=={torch.__version__}", f"monai=={version('monai')}"],
         )
-    registered = mlflow.register_model(info.model_uri, name, tags={MODEL_DIGEST: _file_digest(model_file)})
+    registered = mlflow.register_model(info.model_uri, name, tags={MODEL_DIGEST: file_digest(model_file)})
     return int(registered.version)
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _registered(client: MlflowClient, name: str, run_id: str, digest: str) -> list[int]:
@@ -108,7 +104,7 @@ def _registered(client: MlflowClient, name: str, run_id: str, digest: str) -> li
 def _version_for(run: RunLog, network: torch.nn.Module, model_file: Path, patch_size: list[int], name: str) -> int:
     """The version of this run's model file, registered at its first evaluation only. Should two evaluations register
     it at once, each keeps the older version and the newer one is deleted."""
-    digest = _file_digest(model_file)
+    digest = file_digest(model_file)
     found = _registered(run.client, name, run.run_id, digest)
     if not found:
         created = _log_model(run.run_id, network, model_file, patch_size, name)

@@ -20,7 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.inference.bulk import MANIFEST, file_digest, is_finished
+from pipeline.files import file_digest
+from pipeline.inference.bulk import MANIFEST, is_finished
 from pipeline.inference.segment import label_dtype, segment
 from pipeline.networks.model import build_network, describe, save_model
 from tests.conftest import HIPPOCAMPUS_FIXTURE, HIPPOCAMPUS_LABELS, MRI_PLAN
@@ -83,6 +84,7 @@ def test_two_ray_workers_write_what_the_local_engine_writes(ray, untrained_model
         assert (row["status"], row["output"], row["error"]) == ("done", case.name, "")
         assert row["output_sha256"] == file_digest(tmp_path / "ray" / case.name)
         assert row["model_sha256"] == file_digest(untrained_model) and float(row["seconds"]) > 0
+        assert 100 < float(row["worker_peak_mib"]) < 8000, "a worker's peak memory: a Python process with torch"
 
 
 def test_unreadable_inputs_fail_with_their_reasons_and_the_others_finish(ray, untrained_model, tmp_path):
