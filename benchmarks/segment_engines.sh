@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wall time of `medseg segment` over a folder of volumes with each engine, start-up included, and with one
 # process per case (the model loaded each time): the median of REPEATS runs of each (3; the process per case
-# PER_CASE_REPEATS, 1), and the peak resident memory of a process that segments (the medseg process; with Ray,
-# the largest worker's, from the manifest's worker_peak_mib), printed and appended to
+# PER_CASE_REPEATS, 1), the cases an hour it makes, and the peak resident memory of a process that segments (the
+# medseg process; with Ray the largest worker's, from the manifest's worker_peak_mib). Printed and appended to
 # benchmarks/results/segment_engines.csv (RESULTS=FILE for another; RESULTS= appends nowhere), which the
 # documentation's Measured page renders. MEDSEG_MACHINE names the machine; ENGINES (default "local ray1 ray2
 # per-case") chooses the configurations.
@@ -42,9 +42,10 @@ timed() {
     echo "$name: $seconds s (median of $runs: ${times[*]}), peak memory of a segmenting process $peak GiB"
     if [ -n "$results" ]; then
         if [ ! -s "$results" ]; then
-            echo "configuration,cases,seconds,runs,peak_memory_gib,command,machine,date,commit" > "$results"
+            echo "configuration,cases,seconds,cases_per_hour,runs,peak_memory_gib,command,machine,date,commit" > "$results"
         fi
-        LC_ALL=C printf '%s,%s,%.1f,%s,%s,%s,%s,%s,%s\n' "$(quoted "$name")" "$cases" "$seconds" "$runs" "$peak" \
+        LC_ALL=C printf '%s,%s,%.1f,%.0f,%s,%s,%s,%s,%s,%s\n' "$(quoted "$name")" "$cases" "$seconds" \
+            "$(echo "$cases * 3600 / $seconds" | bc -l)" "$runs" "$peak" \
             "$(quoted "benchmarks/segment_engines.sh $model $inputs")" "$(quoted "$machine")" "$(date +%F)" \
             "$commit" >> "$results"
     fi

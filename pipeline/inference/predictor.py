@@ -144,7 +144,7 @@ def _predict(
         model_grid = sliding_window_probabilities(network, images, description, tta, device)[0]
     model_grid = model_grid.to("cpu", torch.float16)
     # resample probabilities, not labels, back to the input grid; then take the most likely class
-    labels, probabilities = _on_input_grid(model_grid, prepared.affine, image, keep_probabilities)
+    labels, probabilities = on_input_grid(model_grid, prepared.affine, image, keep_probabilities)
     # the post-processing that training chose (decided on its validation cases), if any
     classes = description.largest_component_classes
     return keep_largest_component(labels, classes), probabilities
@@ -162,7 +162,7 @@ def _geometry(affine: torch.Tensor | np.ndarray) -> tuple[list[float], list[floa
     )
 
 
-def _on_input_grid(
+def on_input_grid(
     model_grid: torch.Tensor, affine: torch.Tensor, image: MetaTensor, keep_probabilities: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resample one class at a time (linearly, in physical space) onto the input's grid, keeping the

@@ -129,9 +129,9 @@ def test_tta_on_a_mirror_symmetric_network_gives_the_same_result(tmp_path, netwo
 def test_full_volume_buffers_keep_their_small_dtypes(tmp_path, monkeypatch):
     """The model-grid probabilities reach the resampling as float16; labels and probabilities come back as uint8."""
     seen = []
-    resample = inference._on_input_grid
+    resample = inference.on_input_grid
     monkeypatch.setattr(
-        inference, "_on_input_grid", lambda grid, *args: seen.append(grid.dtype) or resample(grid, *args)
+        inference, "on_input_grid", lambda grid, *args: seen.append(grid.dtype) or resample(grid, *args)
     )
     image, truth = synthetic_pair(shape=(40, 36, 30))
     path = write_volume(tmp_path / "input.nii.gz", image)
