@@ -6,7 +6,6 @@ rebuilt for the new count, as if planned with it from the start, so that it stil
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -48,8 +47,6 @@ class Pace:
         """The epochs that end within the budget at the pace kept so far, one last validation included."""
         epoch_s = statistics.fmean(self.epoch_seconds)
         validation_s = statistics.fmean(self.validation_seconds or [probed_validation_seconds])
-        if not math.isfinite(validation_s):
-            validation_s = 0.0
         seconds_left = self.deadline - time.monotonic()
         more = int(MARGIN * (seconds_left - validation_s) / (epoch_s + validation_s / val_every))
         self.refits += 1

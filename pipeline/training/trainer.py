@@ -154,9 +154,10 @@ def _epochs(
         epoch_started = time.monotonic()
         record = run_epoch(trainer, data, description, progress, world, threads, foreground, checkpoint_path)
         progress.stopped = stop_reason(progress, trainer.config)
-        if pace and pace.due(progress.epoch, trainer.config.epochs) and refit(trainer, progress, pace, world.broadcast):
-            record["planned_epochs"] = trainer.config.epochs
-        progress.step_plan = description.step_plan = trainer.step_plan.as_dict()
+        if pace and pace.due(progress.epoch, trainer.config.epochs):
+            if refit(trainer, progress, pace, world.broadcast):
+                record["planned_epochs"] = trainer.config.epochs
+            progress.step_plan = description.step_plan = trainer.step_plan.as_dict()  # its reasons say how it went
         rng = world.gather(rng_state())
         if world.main:
             _log_epoch(record, trainer, progress, run, out_dir, {"fingerprint": fingerprint, "rng": rng})
