@@ -226,7 +226,8 @@ class TrainConfig(_Section):
     data_workers: int | None = Field(
         None,
         ge=0,
-        description="Threads preparing training batches ahead of the step; 0: in the step's own thread; null: 1 on a CPU, 4 per GPU.",
+        description="Threads preparing training batches ahead of the step; 0: in the step's own thread; null: the "
+        "probe's choice between 0 and the default (1 on a CPU, 4 per GPU), whichever makes the step faster.",
     )
     foreground_oversampling: float = Field(
         0.33,

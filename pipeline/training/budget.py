@@ -1,8 +1,10 @@
 """Keeps a budgeted run within its budget. The probe's step time is an estimate made before the run (its median
 step ran 12% faster than the run's mean epochs on the nodules, which overran a 25-minute budget by 1.5 minutes), so
 after a tenth and again after half of the planned epochs the epochs are fitted anew from the pace the run has kept:
-its epochs' wall time (batches, logging and checkpoints) and its validations. The learning-rate schedule is then
-rebuilt for the new count, as if planned with it from the start, so that it still ends with the run."""
+its epochs' wall time (batches, logging and checkpoints) and its validations. The median epoch, not the mean, sets
+the pace: a few epochs slowed by something passing (another process for a minute, a recompilation) would otherwise
+cut the whole run short. The learning-rate schedule is then rebuilt for the new count, as if planned with it from
+the start, so that it still ends with the run."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class Pace:
 
     def fitted_epochs(self, epoch: int, val_every: int, probed_validation_seconds: float) -> tuple[int, str]:
         """The epochs that end within the budget at the pace kept so far, one last validation included."""
-        epoch_s = statistics.fmean(self.epoch_seconds)
+        epoch_s = statistics.median(self.epoch_seconds)
         validation_s = statistics.fmean(self.validation_seconds or [probed_validation_seconds])
         seconds_left = self.deadline - time.monotonic()
         more = int(MARGIN * (seconds_left - validation_s) / (epoch_s + validation_s / val_every))

@@ -53,12 +53,13 @@ def build_trainer(
     ).to(device)
     threads = data_threads(config, device)
     if state and state["progress"].get("step_plan"):
-        step_plan = StepPlan(**state["progress"]["step_plan"])
+        step_plan = StepPlan(**{"data_threads": threads, **state["progress"]["step_plan"]})
     else:
         step_plan = plan_step(
             config,
             network,
-            _probe_batches(data, threads, device),
+            lambda n: _probe_batches(data, n, device),
+            threads,
             loss_function,
             lambda parameters: build_optimizer(parameters, config),
             lambda: validation_dice(network, data.val_loader, description, device),
@@ -89,6 +90,7 @@ def build_trainer(
 
 
 def data_threads(config: TrainConfig, device: torch.device) -> int:
+    """Params' number, or the default that the probe compares with preparing batches in the step's thread."""
     return config.data_workers if config.data_workers is not None else (4 if device.type == "cuda" else 1)
 
 

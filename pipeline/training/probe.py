@@ -1,6 +1,7 @@
-"""A short measured probe of the planned training step, before training: which precision and whether
-to compile (only where they are finite and faster here, for this plan), and how many epochs fit the
-time budget with the learning-rate schedule run to its end.
+"""A short measured probe of the planned training step, before training: which precision, whether to
+compile and whether to prepare batches in a thread of their own (each only where it is finite and
+faster here, for this plan), and how many epochs fit the time budget with the learning-rate schedule
+run to its end.
 
 The probe trains on the network itself for a few steps, then puts its weights and the random state
 back, so that training starts from the same weights whatever the probe did.
@@ -9,11 +10,11 @@ back, so that training starts from the same weights whatever the probe did.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 
@@ -28,7 +29,7 @@ MIN_COMPILE_SECONDS = 20  # inductor compiles a U-Net's step in no less, even fr
 MARGIN = 0.97  # of the time left, for what the probe cannot see (the first epoch's recompilation, logging)
 
 
-@dataclass
+@dataclasses.dataclass
 class StepPlan:
     """What the probe chose and measured; kept in the checkpoint so that a resumed run does not probe again."""
 
@@ -39,13 +40,14 @@ class StepPlan:
     epochs: int
     val_every: int
     reasons: dict[str, str]
+    data_threads: int | None = None  # None in checkpoints written before the probe chose them
 
     @property
     def dtype(self) -> torch.dtype | None:
         return None if self.precision == "float32" else getattr(torch, self.precision)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return dataclasses.asdict(self)
 
 
 def _time_steps(step_network, batches: Iterator[dict], loss_function, optimizer, scaler, precision) -> float | None:
@@ -64,10 +66,17 @@ def _time_steps(step_network, batches: Iterator[dict], loss_function, optimizer,
 class _Prober:
     """Times variants of the step on the network, each from the same starting weights."""
 
-    def __init__(self, network, batches: Iterator[dict], loss_function, make_optimizer, device: torch.device):
-        self.network, self.batches, self.loss_function = network, batches, loss_function
-        self.make_optimizer, self.device = make_optimizer, device
+    def __init__(
+        self, network, batches_for: Callable[[int], Iterator[dict]], threads: int, loss_function, make_optimizer
+    ):
+        self.network, self.batches_for, self.loss_function = network, batches_for, loss_function
+        self.make_optimizer, self.device = make_optimizer, next(network.parameters()).device
         self.weights = copy.deepcopy(network.state_dict())
+        self.use_threads(threads)
+
+    def use_threads(self, threads: int) -> None:
+        """Draw the batches of later timings with this many preparing threads (0: in the step's thread)."""
+        self.threads, self.batches = threads, self.batches_for(threads)
 
     def time(self, precision: torch.dtype | None, compiled: bool) -> tuple[float | None, float]:
         """Seconds per step (None: not finite), and the seconds the first call took (compilation)."""
@@ -112,6 +121,23 @@ def _choose_precision(
     )
 
 
+def _choose_threads(prober: _Prober, config: TrainConfig, precision, threaded_s: float) -> tuple[float, str]:
+    """On few cores a preparing thread takes turns with the step's own threads: batches prepared in the step's
+    thread can be faster overall, though the step waits for them. ``threaded_s``: the step timed with threads."""
+    if config.data_workers is not None:
+        return threaded_s, f"{config.data_workers} (params)"
+    threads = prober.threads
+    prober.use_threads(0)
+    inline_s, _ = prober.time(precision, False)
+    if inline_s is not None and inline_s <= FASTER * threaded_s:
+        return inline_s, (
+            f"0, in the step's thread: {inline_s * 1e3:.0f} against {threaded_s * 1e3:.0f} ms a step with {threads}"
+        )
+    prober.use_threads(threads)
+    inline = f"{inline_s * 1e3:.0f} ms" if inline_s is not None else "non-finite"
+    return threaded_s, f"{threads}: {threaded_s * 1e3:.0f} ms a step against {inline} in the step's thread"
+
+
 def _choose_compile(
     prober: _Prober, config: TrainConfig, precision, plain_s: float, run_s: float
 ) -> tuple[bool, float, str]:
@@ -150,7 +176,8 @@ def _choose_compile(
 def plan_step(
     config: TrainConfig,
     network,
-    batches: Iterator[dict],
+    batches_for: Callable[[int], Iterator[dict]],
+    threads: int,
     loss_function,
     make_optimizer: Callable,
     validate: Callable[[], object],
@@ -158,15 +185,22 @@ def plan_step(
     seconds_left: Callable[[], float],
     agree: Callable[[float], float] = float,
 ) -> StepPlan:
-    """Probe the step and plan the epochs. ``agree`` makes every torchrun process take rank 0's numbers."""
+    """Probe the step and plan the epochs. ``batches_for(n)``: endless batches prepared by ``n`` threads;
+    ``threads``: params' number, or the default for the device. ``agree`` makes every torchrun process take
+    rank 0's numbers."""
     device = next(network.parameters()).device
     fixed = isinstance(config.amp, bool) and isinstance(config.compile, bool) and config.epochs and config.val_every
     if fixed:  # nothing to choose or measure
         precision = autocast_dtype(config.amp, device)
-        reasons = {"precision": f"amp is {config.amp} (params)", "compile": f"compile is {config.compile} (params)"}
-        return _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, reasons)
+        reasons = {
+            "precision": f"amp is {config.amp} (params)",
+            "compile": f"compile is {config.compile} (params)",
+            "data_threads": f"{threads}: not probed (params set every other choice)",
+        }
+        plan = _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, reasons)
+        return dataclasses.replace(plan, data_threads=threads)
     rng = torch.get_rng_state()
-    prober = _Prober(network, batches, loss_function, make_optimizer, device)
+    prober = _Prober(network, batches_for, threads, loss_function, make_optimizer)
     precision, step_s, precision_why = _choose_precision(prober, config, device)
     if not math.isfinite(step_s):
         prober.restore()
@@ -174,6 +208,7 @@ def plan_step(
             "the first training steps already give a NaN or infinite loss or gradient (in the probe, before "
             f"training): check the data, or lower train.learning_rate (now {config.learning_rate:g})"
         )
+    step_s, threads_why = _choose_threads(prober, config, precision, step_s)
     run_s = config.epochs * steps_per_epoch * step_s if config.epochs else seconds_left()
     compiled, step_s, compile_why = _choose_compile(prober, config, precision, step_s, run_s)
     prober.restore()
@@ -183,8 +218,10 @@ def plan_step(
     torch.set_rng_state(rng)
     step_s, compiled = agree(step_s), bool(agree(float(compiled)))
     precision = {0.0: None, 1.0: torch.bfloat16, 2.0: torch.float16}[agree(_code(precision))]
-    reasons = {"precision": precision_why, "compile": compile_why}
-    return _epochs(config, precision, compiled, step_s, validation_s, steps_per_epoch, seconds_left(), reasons)
+    threads = int(agree(float(prober.threads)))
+    reasons = {"precision": precision_why, "compile": compile_why, "data_threads": threads_why}
+    plan = _epochs(config, precision, compiled, step_s, validation_s, steps_per_epoch, seconds_left(), reasons)
+    return dataclasses.replace(plan, data_threads=threads)
 
 
 def _code(precision: torch.dtype | None) -> float:

@@ -29,7 +29,7 @@ from pipeline.provenance import git_commit, lineage_files, provenance_tags
 from pipeline.run_log import OpenRun, RunLogger
 from pipeline.training import distributed
 from pipeline.training.budget import Pace, refit
-from pipeline.training.build import Trainer, build_trainer, data_threads
+from pipeline.training.build import Trainer, build_trainer
 from pipeline.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from pipeline.training.data import TrainingData, training_data
 from pipeline.training.distributed import World
@@ -122,7 +122,7 @@ def _start_run(
         run.set_tags({"resumed_at_epoch": ",".join(map(str, progress.resumed_at))})
         run.log_metrics({"resumed_at_epoch": progress.epoch}, step=progress.epoch)
     else:
-        device, threads = world.device, data_threads(trainer.config, world.device)
+        device, threads = world.device, trainer.step_plan.data_threads
         effective = params.model_copy(update={"train": trainer.config})
         run.log_params({**flatten(effective), "processes": world.size, **environment(device, world.size, threads)})
         run.log_params(_planned_params(data.configuration, trainer.step_plan))
@@ -145,7 +145,7 @@ def _epochs(
     fingerprint: str,
 ) -> None:
     """Epochs until the planned number or a stop; after each, the record logged and a checkpoint (rank 0)."""
-    threads = data_threads(trainer.config, world.device)
+    threads = trainer.step_plan.data_threads
     labels = data.meta["labels"]
     foreground = [name for key, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if key != "0"]
     checkpoint_path = out_dir / CHECKPOINT_FILE

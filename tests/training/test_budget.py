@@ -49,6 +49,14 @@ def test_the_epochs_are_fitted_to_the_time_left_at_the_pace_kept():
     assert late == 11, "past the budget, one more epoch ends the schedule"
 
 
+def test_a_few_slow_epochs_do_not_cut_the_run_short():
+    steady = _pace(100, 1.0, measured_epochs=12)
+    disturbed = _pace(100, 1.0, measured_epochs=12)
+    disturbed.epoch_seconds[3:6] = [10.0, 10.0, 10.0]  # another process took the cores for half a minute
+    fitted = steady.fitted_epochs(epoch=10, val_every=2, probed_validation_seconds=2.0)[0]
+    assert disturbed.fitted_epochs(epoch=10, val_every=2, probed_validation_seconds=2.0)[0] == fitted
+
+
 def _trainer(epochs: int) -> Trainer:
     config = TrainConfig(epochs=epochs, val_every=2, learning_rate=1.0)
     network = torch.nn.Linear(1, 1)

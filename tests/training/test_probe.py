@@ -1,4 +1,5 @@
 import itertools
+import time
 
 import pytest
 import torch
@@ -13,9 +14,10 @@ def _network():
     return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
 
 
-def _batches(drawn):
+def _batches(drawn, seconds=0.0):
     for _ in itertools.count():
         drawn.append(1)
+        time.sleep(seconds)
         yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
 
 
@@ -23,12 +25,13 @@ def _loss(output, label):
     return torch.nn.functional.cross_entropy(output, label[:, 0].long())
 
 
-def _plan(config, network, drawn, loss=_loss, seconds_left=60.0):
+def _plan(config, network, drawn, loss=_loss, seconds_left=60.0, batches_for=None):
     validations = []
     plan = plan_step(
         config,
         network,
-        _batches(drawn),
+        batches_for or (lambda threads: _batches(drawn)),
+        config.data_workers if config.data_workers is not None else 1,
         loss,
         lambda parameters: torch.optim.AdamW(parameters, lr=1e-3),
         lambda: validations.append(1),
@@ -70,3 +73,18 @@ def test_the_epochs_fill_the_budget_with_the_schedule_complete():
 def test_a_loss_that_is_nan_from_the_first_steps_stops_before_training():
     with pytest.raises(TrainingError, match="first training steps already give a NaN"):
         _plan(TrainConfig(), _network(), [], loss=lambda output, label: _loss(output, label) * float("nan"))
+
+
+def _slower(threaded: bool):
+    """Batches that take 20 ms each when prepared with threads (``threaded``) or in the step's thread."""
+    return lambda threads: _batches([], seconds=0.02 if bool(threads) == threaded else 0.0)
+
+
+def test_batches_are_prepared_in_the_step_thread_only_where_that_is_faster():
+    plan, _ = _plan(TrainConfig(amp=False, compile=False), _network(), [], batches_for=_slower(threaded=True))
+    assert plan.data_threads == 0 and plan.reasons["data_threads"].startswith("0, in the step's thread")
+    plan, _ = _plan(TrainConfig(amp=False, compile=False), _network(), [], batches_for=_slower(threaded=False))
+    assert plan.data_threads == 1 and "in the step's thread" in plan.reasons["data_threads"]
+    params_set = TrainConfig(amp=False, compile=False, data_workers=2)
+    fixed, _ = _plan(params_set, _network(), [], batches_for=_slower(threaded=True))
+    assert fixed.data_threads == 2 and fixed.reasons["data_threads"] == "2 (params)"
