@@ -18,7 +18,6 @@ from pipeline.evaluation.metrics import LabelledCase
 from pipeline.evaluation.scoring import evaluate_cases
 from pipeline.inference.predictor import predict
 from pipeline.networks.description import ModelDescription
-from pipeline.networks.model import load_model
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -27,21 +26,6 @@ def _load_array(path: Path) -> np.ndarray:
 
 
 def evaluate(
-    model_path: Path,
-    prep_dir: Path,
-    split_json: Path,
-    out_dir: Path,
-    config: EvaluateConfig | None = None,
-    tta: bool = False,
-) -> dict:
-    """The summary of the scores, with per-case scores and the report written to OUT_DIR. ``tta``: segment with
-    mirroring test-time augmentation (params' ``inference.tta``)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network, description = load_model(model_path, device)
-    return evaluate_loaded(network, description, model_path, prep_dir, split_json, out_dir, config, tta)
-
-
-def evaluate_loaded(
     network: torch.nn.Module,
     description: ModelDescription,
     model_path: Path,
@@ -51,8 +35,9 @@ def evaluate_loaded(
     config: EvaluateConfig | None = None,
     tta: bool = False,
 ) -> dict:
-    """``evaluate`` with the model already loaded (``model_path`` only names it in the report), for a caller that
-    goes on using it: the evaluate stage registers the same network."""
+    """The summary of the scores, with per-case scores and the report written to OUT_DIR. The model comes loaded
+    (``model_path`` only names it in the report), as the evaluate stage goes on to register the same network.
+    ``tta``: segment with mirroring test-time augmentation (params' ``inference.tta``)."""
     config = config or EvaluateConfig()
     out_dir = Path(out_dir)
     device = next(network.parameters()).device

@@ -1,4 +1,4 @@
-"""``medseg evaluate``: the validation cases segmented and scored (``evaluation.evaluate_loaded``), the scores added to
+"""``medseg evaluate``: the validation cases segmented and scored (``evaluation.evaluate``), the scores added to
 the training's MLflow run, and the model registered with its comparison key."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import EvaluateConfig, MlflowConfig
 from pipeline.errors import ModelError
-from pipeline.evaluation.evaluate import evaluate_loaded
+from pipeline.evaluation import evaluate as evaluation
 from pipeline.evaluation.scoring import OUTPUT_FILES
 from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import load_model
@@ -46,7 +46,7 @@ def evaluate(
     post-processing). Nothing is registered where ``MEDSEG_NO_REGISTRY`` is set (``medseg reproduce``)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, description = load_model(model_path, device)  # once: scored, then registered
-    summary = evaluate_loaded(network, description, model_path, prep_dir, split_json, out_dir, config, tta)
+    summary = evaluation.evaluate(network, description, model_path, prep_dir, split_json, out_dir, config, tta)
     if not (run_file and Path(run_file).is_file()):
         return summary
     _check_not_empty(summary, model_path)

@@ -11,10 +11,10 @@ from pipeline.config import Params
 from pipeline.data.preprocess import preprocess
 from pipeline.data.split import split
 from pipeline.errors import ConfigError
-from pipeline.evaluation.evaluate import evaluate
 from pipeline.inference.segment import segment
 from pipeline.networks.model import load_model
 from pipeline.networks.unet_paper import output_size
+from pipeline.stages.evaluate import evaluate
 from pipeline.stages.train import train
 from tests.conftest import FIXTURES
 
