@@ -65,7 +65,7 @@ def hippocampus(model: Path, prep: Path, split_json: Path, cases: int, tta: bool
         started = time.perf_counter()
         labels = predict(
             network, description, to_metatensor(read_image(raw_dir / manifest.at[case_id, "raw_image"])), device, tta
-        )
+        ).labels
         seconds.append(time.perf_counter() - started)
         values = np.rint(read_image_array(raw_dir / manifest.at[case_id, "raw_label"])).astype(np.int64)
         reference = class_indices(description.label_values)[values]

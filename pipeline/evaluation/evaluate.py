@@ -53,7 +53,7 @@ def evaluate(
         image = to_metatensor(raw_image)
         return LabelledCase(
             case_id,
-            prediction=predict(network, description, image, device, tta),
+            prediction=predict(network, description, image, device, tta).labels,
             reference=class_indices(description.label_values)[values],
             spacing=tuple(raw_image.GetSpacing()),
             image=image[0].numpy(),

@@ -9,6 +9,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from math import prod
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -101,6 +102,14 @@ def _overlap_tile(network: torch.nn.Module, images: torch.Tensor, description: M
     return logits.unflatten(0, slices.shape[:2]).movedim(0, 2 + axis)
 
 
+class Prediction(NamedTuple):
+    """A label map (uint8) indexed like the input image, and, when asked for, the class probabilities on the
+    same grid: uint8 (class, *shape), p * PROBABILITY_SCALE."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+
 def predict(
     network: torch.nn.Module,
     description: ModelDescription,
@@ -108,34 +117,11 @@ def predict(
     device: torch.device,
     tta: bool = False,
     network_lock: AbstractContextManager | None = None,
-) -> np.ndarray:
-    """Label map (uint8) indexed like ``image`` (channel-first, as read), whatever preparation did in between.
+    probabilities: bool = False,
+) -> Prediction:
+    """Labels indexed like ``image`` (channel-first, as read), whatever preparation did in between.
     ``network_lock`` is held while the network runs (not while the image is prepared or the result resampled),
     so that a worker with two cases in flight keeps its network busy with one while the other is resampled."""
-    return _predict(network, description, image, device, tta, False, network_lock)[0]
-
-
-def predict_with_probabilities(
-    network: torch.nn.Module,
-    description: ModelDescription,
-    image: MetaTensor,
-    device: torch.device,
-    tta: bool = False,
-    network_lock: AbstractContextManager | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The label map, and the class probabilities on the same grid: uint8 (class, *shape), p * PROBABILITY_SCALE."""
-    return _predict(network, description, image, device, tta, True, network_lock)
-
-
-def _predict(
-    network: torch.nn.Module,
-    description: ModelDescription,
-    image: MetaTensor,
-    device: torch.device,
-    tta: bool,
-    keep_probabilities: bool,
-    network_lock: AbstractContextManager | None,
-) -> tuple[np.ndarray, np.ndarray | None]:
     prepared = prepare(description.preprocess, (IMAGE,))({IMAGE: image})[IMAGE]
     n_classes = description.network.out_channels
     with network_lock or nullcontext():
@@ -144,10 +130,9 @@ def _predict(
         model_grid = sliding_window_probabilities(network, images, description, tta, device)[0]
     model_grid = model_grid.to("cpu", torch.float16)
     # resample probabilities, not labels, back to the input grid; then take the most likely class
-    labels, probabilities = on_input_grid(model_grid, prepared.affine, image, keep_probabilities)
+    labels, on_grid = on_input_grid(model_grid, prepared.affine, image, probabilities)
     # the post-processing that training chose (decided on its validation cases), if any
-    classes = description.largest_component_classes
-    return keep_largest_component(labels, classes), probabilities
+    return Prediction(keep_largest_component(labels, description.largest_component_classes), on_grid)
 
 
 def _geometry(affine: torch.Tensor | np.ndarray) -> tuple[list[float], list[float], list[float]]:

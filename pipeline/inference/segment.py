@@ -30,7 +30,7 @@ from pipeline.data.volumes import (
 from pipeline.dicom.seg import write_segmentation
 from pipeline.errors import InputError, MedsegError
 from pipeline.files import atomic_path
-from pipeline.inference.predictor import PROBABILITY_SCALE, predict, predict_with_probabilities
+from pipeline.inference.predictor import PROBABILITY_SCALE, predict
 from pipeline.networks.description import ModelDescription
 from pipeline.networks.model import load_model
 
@@ -183,11 +183,9 @@ def segment_case(
     two cases at once reads, prepares, resamples and writes one while the network runs on the other."""
     reference = read_image(source.path, source.series)
     image = to_metatensor(reference)
-    arguments = (model.network, model.description, image, model.device, tta, network_lock)
-    if probabilities:
-        classes, class_probabilities = predict_with_probabilities(*arguments)
-    else:
-        classes, class_probabilities = predict(*arguments), None
+    classes, class_probabilities = predict(
+        model.network, model.description, image, model.device, tta, network_lock, probabilities
+    )
     del image
     label_values = model.description.label_values
     if class_probabilities is not None:

@@ -59,9 +59,9 @@ def test_predict_applies_the_post_processing_the_model_file_records(tmp_path):
     image[30:34, 28:32, 22:26] = 1000  # a small bright blob apart from it
     path = write_volume(tmp_path / "two_blobs.nii.gz", image)
     description = _description(patch=(16, 16, 16))
-    as_is = predict(OracleOfBrightness(), description, to_metatensor(read_image(path)), torch.device("cpu"))
+    as_is = predict(OracleOfBrightness(), description, to_metatensor(read_image(path)), torch.device("cpu")).labels
     description.postprocess = Postprocess(largest_component_classes=[1])
-    post = predict(OracleOfBrightness(), description, to_metatensor(read_image(path)), torch.device("cpu"))
+    post = predict(OracleOfBrightness(), description, to_metatensor(read_image(path)), torch.device("cpu")).labels
     assert as_is[31, 29, 23] == 1 and post[31, 29, 23] == 0
     np.testing.assert_array_equal(post[:25, :25, :25], as_is[:25, :25, :25])
 

@@ -10,7 +10,6 @@ from pipeline.data.volumes import read_image, to_metatensor
 from pipeline.inference import predictor as inference
 from pipeline.inference.predictor import (
     predict,
-    predict_with_probabilities,
     sliding_window_probabilities,
     stitching_device,
 )
@@ -36,7 +35,7 @@ def _description(spacing=None, crop=False, patch=(32, 32, 32)):
 
 
 def _predict(network, description, path):
-    return predict(network, description, to_metatensor(read_image(path)), torch.device("cpu"))
+    return predict(network, description, to_metatensor(read_image(path)), torch.device("cpu")).labels
 
 
 @pytest.mark.parametrize("crop", [False, True], ids=["whole", "cropped"])
@@ -120,8 +119,8 @@ def test_tta_on_a_mirror_symmetric_network_gives_the_same_result(tmp_path, netwo
     image, _ = synthetic_pair(shape=shape)
     path = write_volume(tmp_path / "input.nii.gz", image)
     description, volume = _description(patch=patch), to_metatensor(read_image(path))
-    plain = predict_with_probabilities(network, description, volume, torch.device("cpu"), tta=False)
-    mirrored = predict_with_probabilities(network, description, volume, torch.device("cpu"), tta=True)
+    plain = predict(network, description, volume, torch.device("cpu"), tta=False, probabilities=True)
+    mirrored = predict(network, description, volume, torch.device("cpu"), tta=True, probabilities=True)
     np.testing.assert_array_equal(mirrored[0], plain[0])
     assert np.abs(mirrored[1].astype(int) - plain[1]).max() <= 1  # uint8 probabilities: at most a rounding step
 
@@ -135,11 +134,12 @@ def test_full_volume_buffers_keep_their_small_dtypes(tmp_path, monkeypatch):
     )
     image, truth = synthetic_pair(shape=(40, 36, 30))
     path = write_volume(tmp_path / "input.nii.gz", image)
-    labels, probabilities = predict_with_probabilities(
+    labels, probabilities = predict(
         OracleOfBrightness(),
         _description(spacing=[1.5, 1.5, 2.0]),
         to_metatensor(read_image(path)),
         torch.device("cpu"),
+        probabilities=True,
     )
     assert seen == [torch.float16]
     assert labels.dtype == probabilities.dtype == np.uint8
