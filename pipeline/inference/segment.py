@@ -184,7 +184,7 @@ def segment_case(
     reference = read_image(source.path, source.series)
     image = to_metatensor(reference)
     classes, class_probabilities = predict(
-        model.network, model.description, image, model.device, tta, network_lock, probabilities
+        model.network, model.description, image, model.device, tta, network_lock, probabilities=probabilities
     )
     del image
     label_values = model.description.label_values
