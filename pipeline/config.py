@@ -177,8 +177,8 @@ class TrainConfig(_Section):
         25.0,
         gt=0,
         description="The training time that sets the epochs (when epochs is null), validations included; the "
-        "learning-rate schedule then runs to its end within it. The epochs are fitted again after a tenth and "
-        "after half of them, from the pace the run keeps.",
+        "learning-rate schedule then runs to its end within it. The epochs are fitted again after a tenth, "
+        "half and four fifths of them, from the pace the run keeps.",
     )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="sgd: with Nesterov momentum.")
     learning_rate: float = Field(1e-3, ge=0, description="The initial (peak, after any warm-up) learning rate.")

@@ -1,6 +1,8 @@
 """Keeps a budgeted run within its budget. The probe's step time is an estimate made before the run (its median
 step ran 12% faster than the run's mean epochs on the nodules, which overran a 25-minute budget by 1.5 minutes), so
-after a tenth and again after half of the planned epochs the epochs are fitted anew from the pace the run has kept:
+after a tenth, after half and after four fifths of the planned epochs the epochs are fitted anew from the pace the
+run has kept (the last re-fit because a machine's pace can change for good mid-run: a hippocampus run slowed by a
+sixth in its second half and overran 28 minutes by 1.2 with only the first two):
 its epochs' wall time (batches, logging and checkpoints) and its validations. The median epoch, not the mean, sets
 the pace: a few epochs slowed by something passing (another process for a minute, a recompilation) would otherwise
 cut the whole run short. The learning-rate schedule is then rebuilt for the new count, as if planned with it from
@@ -18,7 +20,7 @@ from pipeline.training.optim import rebuild_schedule
 from pipeline.training.probe import MARGIN
 from pipeline.training.progress import Progress
 
-REFIT_AFTER = (0.1, 0.5)  # shares of the planned epochs after which the epochs are fitted again
+REFIT_AFTER = (0.1, 0.5, 0.8)  # shares of the planned epochs after which the epochs are fitted again
 MIN_MEASURED = 2  # epochs measured before a re-fit; the run's first epoch, which recompiles, is not one of them
 
 

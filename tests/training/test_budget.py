@@ -26,7 +26,7 @@ def test_the_first_epoch_is_not_measured_and_validations_are_kept_apart():
     assert pace.epoch_seconds == [2.0, 2.0] and pace.validation_seconds == [5.0]
 
 
-def test_refits_come_after_a_tenth_and_after_half_of_the_epochs_and_never_at_the_end():
+def test_refits_come_after_a_tenth_half_and_four_fifths_of_the_epochs_and_never_at_the_end():
     pace = _pace(100, 1.0, measured_epochs=MIN_MEASURED)  # epochs 2..MIN_MEASURED measured: one short
     assert not pace.due(10, 100)
     pace.measure(MIN_MEASURED + 1, 1.0, None)
@@ -34,7 +34,9 @@ def test_refits_come_after_a_tenth_and_after_half_of_the_epochs_and_never_at_the
     pace.refits = 1
     assert not pace.due(49, 100) and pace.due(50, 100)
     pace.refits = 2
-    assert not pace.due(80, 100)
+    assert not pace.due(79, 100) and pace.due(80, 100)
+    pace.refits = 3
+    assert not pace.due(95, 100)
     assert not _pace(100, 1.0).due(10, 10), "the last epoch is not re-fitted"
 
 
