@@ -1,11 +1,11 @@
 """Keeps a budgeted run within its budget. The probe's step time is an estimate made before the run (its median
 step ran 12% faster than the run's mean epochs on the nodules, which overran a 25-minute budget by 1.5 minutes), so
 after a tenth, after half and after four fifths of the planned epochs the epochs are fitted anew from the pace the
-run has kept (the last re-fit because a machine's pace can change for good mid-run: a hippocampus run slowed by a
-sixth in its second half and overran 28 minutes by 1.2 with only the first two):
-its epochs' wall time (batches, logging and checkpoints) and its validations. The median epoch, not the mean, sets
-the pace: a few epochs slowed by something passing (another process for a minute, a recompilation) would otherwise
-cut the whole run short. The learning-rate schedule is then rebuilt for the new count, as if planned with it from
+run has kept: its epochs' wall time (batches, logging and checkpoints) and its validations. The last re-fit is there
+because a machine's pace can change for good mid-run (a hippocampus run slowed by a sixth in its second half and
+overran 28 minutes by 1.2 with only the first two). The median epoch, not the mean, sets the pace: a few epochs
+slowed by something passing (another process for a minute, a recompilation) would otherwise cut the whole run
+short. The learning-rate schedule is then rebuilt for the new count, as if planned with it from
 the start, so that it still ends with the run."""
 
 from __future__ import annotations

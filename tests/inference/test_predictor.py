@@ -121,8 +121,9 @@ def test_tta_on_a_mirror_symmetric_network_gives_the_same_result(tmp_path, netwo
     description, volume = _description(patch=patch), to_metatensor(read_image(path))
     plain = predict(network, description, volume, torch.device("cpu"), tta=False, probabilities=True)
     mirrored = predict(network, description, volume, torch.device("cpu"), tta=True, probabilities=True)
-    np.testing.assert_array_equal(mirrored[0], plain[0])
-    assert np.abs(mirrored[1].astype(int) - plain[1]).max() <= 1  # uint8 probabilities: at most a rounding step
+    np.testing.assert_array_equal(mirrored.labels, plain.labels)
+    # uint8 probabilities: at most a rounding step
+    assert np.abs(mirrored.probabilities.astype(int) - plain.probabilities).max() <= 1
 
 
 def test_full_volume_buffers_keep_their_small_dtypes(tmp_path, monkeypatch):
