@@ -50,20 +50,7 @@ class StepPlan:
         return dataclasses.asdict(self)
 
 
-def _time_steps(step_network, batches: Iterator[dict], loss_function, optimizer, scaler, precision) -> float | None:
-    """Median seconds of a step (fetching its batch included), or None when a step was not finite."""
-    seconds = []
-    for _ in range(WARMUP_STEPS + TIMED_STEPS):
-        started = time.perf_counter()
-        try:
-            training_step(step_network, next(batches), loss_function, optimizer, scaler, precision)
-        except NonFiniteStep:
-            return None
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds[WARMUP_STEPS:])
-
-
-class _Prober:
+class Prober:
     """Times variants of the step on the network, each from the same starting weights."""
 
     def __init__(
@@ -80,34 +67,52 @@ class _Prober:
 
     def time(self, precision: torch.dtype | None, compiled: bool) -> tuple[float | None, float]:
         """Seconds per step (None: not finite), and the seconds the first call took (compilation)."""
+        return self.side_by_side([(precision, compiled)])[0]
+
+    def side_by_side(self, variants: list[tuple[torch.dtype | None, bool]]) -> list[tuple[float | None, float]]:
+        """``time`` for each (precision, compiled) variant, their steps taken in turns: on a shared machine
+        whose pace drifts and jitters, one block of steps after another told a compiled step from a plain one
+        by chance (ratios of 0.69 to 1.15 between trials, `benchmarks/probe_noise.py`); in turns, both see
+        the same machine."""
         self.network.load_state_dict(self.weights)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=precision == torch.float16)
-        optimizer = self.make_optimizer(self.network.parameters())
-        step_network = torch.compile(self.network) if compiled else self.network
-        started = time.perf_counter()
-        try:
-            training_step(step_network, next(self.batches), self.loss_function, optimizer, scaler, precision)
-        except NonFiniteStep:
-            return None, time.perf_counter() - started
-        first = time.perf_counter() - started
-        return _time_steps(step_network, self.batches, self.loss_function, optimizer, scaler, precision), first
+        runs = []
+        for precision, compiled in variants:
+            scaler = torch.amp.GradScaler(self.device.type, enabled=precision == torch.float16)
+            step_network = torch.compile(self.network) if compiled else self.network
+            runs.append((step_network, self.make_optimizer(self.network.parameters()), scaler, precision))
+        seconds: list[list[float] | None] = [[] for _ in runs]
+        for _ in range(1 + WARMUP_STEPS + TIMED_STEPS):  # the first call compiles
+            for index, (step_network, optimizer, scaler, precision) in enumerate(runs):
+                if seconds[index] is None:
+                    continue
+                started = time.perf_counter()
+                try:
+                    training_step(step_network, next(self.batches), self.loss_function, optimizer, scaler, precision)
+                except NonFiniteStep:
+                    seconds[index] = None
+                    continue
+                seconds[index].append(time.perf_counter() - started)
+        return [
+            (statistics.median(timed[1 + WARMUP_STEPS :]), timed[0]) if timed is not None else (None, math.nan)
+            for timed in seconds
+        ]
 
     def restore(self) -> None:
         self.network.load_state_dict(self.weights)
 
 
 def _choose_precision(
-    prober: _Prober, config: TrainConfig, device: torch.device
+    prober: Prober, config: TrainConfig, device: torch.device
 ) -> tuple[torch.dtype | None, float, str]:
     reduced = autocast_dtype(True, device)
     if config.amp is False or reduced is None:
         seconds, _ = prober.time(None, False)
         why = "amp is off" if config.amp is False else f"this {device.type} has no fast reduced precision"
         return None, seconds or math.nan, why
-    reduced_s, _ = prober.time(reduced, False)
     if config.amp is True:
+        reduced_s, _ = prober.time(reduced, False)
         return reduced, reduced_s or math.nan, "amp is on (params)"
-    full_s, _ = prober.time(None, False)
+    (reduced_s, _), (full_s, _) = prober.side_by_side([(reduced, False), (None, False)])
     name = str(reduced).removeprefix("torch.")
     if reduced_s is None:
         return None, full_s or math.nan, f"{name} gave a non-finite loss or gradient in the probe"
@@ -121,7 +126,7 @@ def _choose_precision(
     )
 
 
-def _choose_threads(prober: _Prober, config: TrainConfig, precision, threaded_s: float) -> tuple[float, str]:
+def _choose_threads(prober: Prober, config: TrainConfig, precision, threaded_s: float) -> tuple[float, str]:
     """On few cores a preparing thread takes turns with the step's own threads: batches prepared in the step's
     thread can be faster overall, though the step waits for them. ``threaded_s``: the step timed with threads."""
     if config.data_workers is not None:
@@ -139,21 +144,22 @@ def _choose_threads(prober: _Prober, config: TrainConfig, precision, threaded_s:
 
 
 def _choose_compile(
-    prober: _Prober, config: TrainConfig, precision, plain_s: float, run_s: float
+    prober: Prober, config: TrainConfig, precision, plain_s: float, run_s: float
 ) -> tuple[bool, float, str]:
-    """``run_s``: what the run's steps take uncompiled; compiling must save more than it costs."""
+    """``run_s``: what the run's steps take uncompiled; compiling must save more than it costs. The plain step
+    is timed again beside the compiled one: ``plain_s`` stands where that timing is not finite."""
     if config.compile is False:
         return False, plain_s, "compile is off"
-    if config.compile == "auto" and run_s * (1 - FASTER) < MIN_COMPILE_SECONDS:
+    if config.compile is True:
+        compiled_s, _ = prober.time(precision, True)
+        return True, compiled_s or plain_s, "compile is on (params)"
+    if run_s * (1 - FASTER) < MIN_COMPILE_SECONDS:
         return False, plain_s, f"not worth it: the run's steps take about {run_s:.0f} s"
     try:
-        compiled_s, compile_s = prober.time(precision, True)
+        (beside_s, _), (compiled_s, compile_s) = prober.side_by_side([(precision, False), (precision, True)])
     except Exception as err:  # inductor needs a C++ compiler, and fails in many ways without one
-        if config.compile is True:
-            raise
         return False, plain_s, f"compilation failed here ({err.__class__.__name__}: {str(err)[:200]})"
-    if config.compile is True:
-        return True, compiled_s or plain_s, "compile is on (params)"
+    plain_s = beside_s or plain_s
     if compiled_s is None:
         return False, plain_s, "the compiled step gave a non-finite loss or gradient in the probe"
     saved = (plain_s - compiled_s) * run_s / plain_s
@@ -169,7 +175,7 @@ def _choose_compile(
     return (
         True,
         compiled_s,
-        f"{compiled_s * 1e3:.0f} against {plain_s * 1e3:.0f} ms a step, {compile_s:.0f} s to compile",
+        f"{compiled_s * 1e3:.0f} against {plain_s * 1e3:.0f} ms a step (timed in turns), {compile_s:.0f} s to compile",
     )
 
 
@@ -200,7 +206,7 @@ def plan_step(
         plan = _epochs(config, precision, config.compile, math.nan, math.nan, steps_per_epoch, 0.0, reasons)
         return dataclasses.replace(plan, data_threads=threads)
     rng = torch.get_rng_state()
-    prober = _Prober(network, batches_for, threads, loss_function, make_optimizer)
+    prober = Prober(network, batches_for, threads, loss_function, make_optimizer)
     precision, step_s, precision_why = _choose_precision(prober, config, device)
     if not math.isfinite(step_s):
         prober.restore()

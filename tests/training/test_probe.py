@@ -6,7 +6,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
-from pipeline.training.probe import plan_step
+from pipeline.training.probe import Prober, plan_step
 
 
 def _network():
@@ -88,3 +88,22 @@ def test_batches_are_prepared_in_the_step_thread_only_where_that_is_faster():
     params_set = TrainConfig(amp=False, compile=False, data_workers=2)
     fixed, _ = _plan(params_set, _network(), [], batches_for=_slower(threaded=True))
     assert fixed.data_threads == 2 and fixed.reasons["data_threads"] == "2 (params)"
+
+
+def test_variants_timed_in_turns_see_the_same_machine():
+    """A machine that slows down during the probe (each batch 1 ms slower than the last) slows two identical
+    variants alike when their steps take turns; one block after the other, the second would look about twice as slow."""
+    drifting = itertools.count()
+
+    def batches(threads):
+        for _ in itertools.count():
+            time.sleep(0.001 * next(drifting))
+            yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
+
+    network = _network()
+    weights = {k: v.clone() for k, v in network.state_dict().items()}
+    prober = Prober(network, batches, 0, _loss, lambda parameters: torch.optim.AdamW(parameters, lr=1e-3))
+    (first_s, _), (second_s, _) = prober.side_by_side([(None, False), (None, False)])
+    assert 0.9 < second_s / first_s < 1.1
+    prober.restore()
+    assert all(torch.equal(weights[k], v) for k, v in network.state_dict().items())
