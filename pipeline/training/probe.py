@@ -70,10 +70,10 @@ class Prober:
         return self.side_by_side([(precision, compiled)])[0]
 
     def side_by_side(self, variants: list[tuple[torch.dtype | None, bool]]) -> list[tuple[float | None, float]]:
-        """``time`` for each (precision, compiled) variant, their steps taken in turns: on a shared machine
-        whose pace drifts and jitters, one block of steps after another told a compiled step from a plain one
-        by chance (ratios of 0.69 to 1.15 between trials, `benchmarks/probe_noise.py`); in turns, both see
-        the same machine."""
+        """``time`` for each (precision, compiled) variant, their steps taken in turns, so that both see the same
+        machine: on a shared 2-core host whose pace drifts and jitters, one block of steps after the other gave
+        compiled/plain ratios of 0.71 to 1.01 between trials of one plan, in turns 0.88 to 0.96
+        (``benchmarks/probe_noise.py``)."""
         self.network.load_state_dict(self.weights)
         runs = []
         for precision, compiled in variants:
