@@ -14,10 +14,12 @@ def _network():
     return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
 
 
-def _batches(drawn, seconds=0.0):
+def _batches(drawn, seconds=0.0, drift=0.0):
+    """Batches that take ``seconds`` each, and ``drift`` seconds more than the one drawn before (a machine
+    slowing down: ``drawn`` is shared by every generator of a test)."""
     for _ in itertools.count():
+        time.sleep(seconds + drift * len(drawn))
         drawn.append(1)
-        time.sleep(seconds)
         yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
 
 
@@ -93,16 +95,16 @@ def test_batches_are_prepared_in_the_step_thread_only_where_that_is_faster():
 def test_variants_timed_in_turns_see_the_same_machine():
     """A machine that slows down during the probe (each batch 1 ms slower than the last) slows two identical
     variants alike when their steps take turns; one block after the other, the second would look about twice as slow."""
-    drifting = itertools.count()
-
-    def batches(threads):
-        for _ in itertools.count():
-            time.sleep(0.001 * next(drifting))
-            yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
-
+    drawn = []
     network = _network()
     weights = {k: v.clone() for k, v in network.state_dict().items()}
-    prober = Prober(network, batches, 0, _loss, lambda parameters: torch.optim.AdamW(parameters, lr=1e-3))
+    prober = Prober(
+        network,
+        lambda threads: _batches(drawn, drift=0.001),
+        0,
+        _loss,
+        lambda parameters: torch.optim.AdamW(parameters, lr=1e-3),
+    )
     (first_s, _), (second_s, _) = prober.side_by_side([(None, False), (None, False)])
     assert 0.9 < second_s / first_s < 1.1
     prober.restore()
