@@ -38,6 +38,7 @@ from pipeline.config import Params
 from pipeline.networks.model import load_model
 from pipeline.params import load_params, with_overrides
 from pipeline.stages.train import train
+from pipeline.training.probe import StepPlan
 
 
 @functools.cache
@@ -111,8 +112,9 @@ def measure_medseg(
         history = pd.read_csv(Path(scratch) / "models" / "history.csv").iloc[1:]
         network, description = load_model(Path(scratch) / "models" / "model.pt")
     patch = description.patch_size
-    dtype = getattr(torch, description.step_plan["precision"])  # what the probe chose on this device
-    flops = step_flops(network.train(), patch, 1, None if dtype == torch.float32 else dtype)
+    precision = StepPlan(**description.step_plan).dtype  # what the probe chose on this device
+    flops = step_flops(network.train(), patch, 1, precision)
+    dtype = precision or torch.float32
     return _figures(history, math.prod(patch), flops, matmul_ceiling(dtype, device)), dtype
 
 
