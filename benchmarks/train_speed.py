@@ -59,10 +59,10 @@ def matmul_ceiling(dtype: torch.dtype, device: torch.device, size: int = 2048, r
 def step_flops(network: torch.nn.Module, patch: list[int], batch_size: int, precision: torch.dtype | None) -> float:
     """FLOPs of one training step (forward and backward) on a batch, as PyTorch counts them."""
     images = torch.randn(batch_size, 1, *patch)
-    labels = torch.randint(0, 3, (batch_size, 1, *patch))
     with FlopCounterMode(display=False) as counter:
         with torch.autocast("cpu", dtype=precision, enabled=precision is not None):
             output = network(images)
+        labels = torch.randint(0, output.shape[1], (batch_size, 1, *patch))  # the network's own classes
         DiceCELoss(to_onehot_y=True, softmax=True)(output.float(), labels).backward()
     return counter.get_total_flops()
 
