@@ -14,11 +14,11 @@ def _network():
     return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
 
 
-def _batches(drawn, seconds=0.0, drift=0.0):
-    """Batches that take ``seconds`` each, and ``drift`` seconds more than the one drawn before (a machine
+def _batches(drawn, seconds=0.0, drift=0.0, every=1):
+    """Batches that take ``seconds`` each, and ``drift`` seconds more every ``every`` batches drawn (a machine
     slowing down: ``drawn`` is shared by every generator of a test)."""
     for _ in itertools.count():
-        time.sleep(seconds + drift * len(drawn))
+        time.sleep(seconds + drift * (len(drawn) // every))
         drawn.append(1)
         yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
 
@@ -93,14 +93,15 @@ def test_batches_are_prepared_in_the_step_thread_only_where_that_is_faster():
 
 
 def test_variants_timed_in_turns_see_the_same_machine():
-    """A machine that slows down during the probe (each batch 1 ms slower than the last) slows two identical
-    variants alike when their steps take turns; one block after the other, the second would look about twice as slow."""
+    """A machine that slows down during the probe (each round of two steps 2 ms slower than the last) slows two
+    identical variants alike when their steps take turns; one block after the other, the second would look about
+    twice as slow."""
     drawn = []
     network = _network()
     weights = {k: v.clone() for k, v in network.state_dict().items()}
     prober = Prober(
         network,
-        lambda threads: _batches(drawn, drift=0.001),
+        lambda threads: _batches(drawn, seconds=0.005, drift=0.002, every=2),
         0,
         _loss,
         lambda parameters: torch.optim.AdamW(parameters, lr=1e-3),
