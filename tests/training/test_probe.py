@@ -6,6 +6,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
+from pipeline.training import probe
 from pipeline.training.probe import Prober, plan_step
 
 
@@ -14,13 +15,29 @@ def _network():
     return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
 
 
-def _batches(drawn, seconds=0.0, drift=0.0, every=1):
+def _batches(drawn, seconds=0.0, drift=0.0, every=1, clock=None):
     """Batches that take ``seconds`` each, and ``drift`` seconds more every ``every`` batches drawn (a machine
-    slowing down: ``drawn`` is shared by every generator of a test)."""
+    slowing down: ``drawn`` is shared by every generator of a test). With a ``clock``, they take that time on
+    it instead of sleeping."""
     for _ in itertools.count():
-        time.sleep(seconds + drift * (len(drawn) // every))
+        pause = seconds + drift * (len(drawn) // every)
+        clock.advance(pause) if clock else time.sleep(pause)
         drawn.append(1)
         yield {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
+
+
+class _Clock:
+    """The probe's clock in a test: only the batches move it, so the steps take what the test says, whatever
+    else the machine is doing."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def advance(self, seconds):
+        self.now += seconds
+
+    def perf_counter(self):
+        return self.now
 
 
 def _loss(output, label):
@@ -92,21 +109,25 @@ def test_batches_are_prepared_in_the_step_thread_only_where_that_is_faster():
     assert fixed.data_threads == 2 and fixed.reasons["data_threads"] == "2 (params)"
 
 
-def test_variants_timed_in_turns_see_the_same_machine():
+def test_variants_timed_in_turns_see_the_same_machine(monkeypatch):
     """A machine that slows down during the probe (each round of two steps 2 ms slower than the last) slows two
-    identical variants alike when their steps take turns; one block after the other, the second would look about
-    twice as slow."""
-    drawn = []
+    identical variants alike when their steps take turns; one block after the other, the second looks slower.
+    The machine is a clock that only the batches move: on the real one, a single pause of the test process
+    shifts the median of eight steps by a round of this drift."""
+    clock, drawn = _Clock(), []
+    monkeypatch.setattr(probe, "time", clock)
     network = _network()
     weights = {k: v.clone() for k, v in network.state_dict().items()}
     prober = Prober(
         network,
-        lambda threads: _batches(drawn, seconds=0.005, drift=0.002, every=2),
+        lambda threads: _batches(drawn, seconds=0.005, drift=0.002, every=2, clock=clock),
         0,
         _loss,
         lambda parameters: torch.optim.AdamW(parameters, lr=1e-3),
     )
     (first_s, _), (second_s, _) = prober.side_by_side([(None, False), (None, False)])
-    assert 0.9 < second_s / first_s < 1.1
+    assert second_s == pytest.approx(first_s)
+    (first_block_s, _), (second_block_s, _) = prober.time(None, False), prober.time(None, False)
+    assert second_block_s > 1.3 * first_block_s
     prober.restore()
     assert all(torch.equal(weights[k], v) for k, v in network.state_dict().items())
