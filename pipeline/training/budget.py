@@ -1,12 +1,13 @@
 """Keeps a budgeted run within its budget. The probe's step time is an estimate made before the run (its median
 step ran 12% faster than the run's mean epochs on the nodules, which overran a 25-minute budget by 1.5 minutes), so
-after a tenth, after half and after four fifths of the planned epochs the epochs are fitted anew from the pace the
-run has kept: its epochs' wall time (batches, logging and checkpoints) and its validations. The last re-fit is there
-because a machine's pace can change for good mid-run (a hippocampus run slowed by a sixth in its second half and
-overran 28 minutes by 1.2 with only the first two). The median epoch, not the mean, sets the pace: a few epochs
-slowed by something passing (another process for a minute, a recompilation) would otherwise cut the whole run
-short. The learning-rate schedule is then rebuilt for the new count, as if planned with it from
-the start, so that it still ends with the run."""
+at shares of the planned epochs the epochs are fitted anew from the pace the run keeps: its epochs' wall time
+(batches, logging and checkpoints) and its validations. A machine's pace can change for good mid-run (a hippocampus
+run slowed by a sixth in its second half and overran 28 minutes by 1.2; a 2D one's steps slowed by a third in its
+last fifth and it overran by 1.6), so each re-fit takes the pace of the epochs since the last one, and the re-fits
+come closer together towards the end. The median epoch, not the mean, sets the pace: a few epochs slowed by
+something passing (another process for a minute, a recompilation) would otherwise cut the whole run short. The
+learning-rate schedule is then rebuilt for the new count, as if planned with it from the start, so that it still
+ends with the run."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from pipeline.training.optim import rebuild_schedule
 from pipeline.training.probe import MARGIN
 from pipeline.training.progress import Progress
 
-REFIT_AFTER = (0.1, 0.5, 0.8)  # shares of the planned epochs after which the epochs are fitted again
-MIN_MEASURED = 2  # epochs measured before a re-fit; the run's first epoch, which recompiles, is not one of them
+REFIT_AFTER = (0.1, 0.5, 0.8, 0.9, 0.95)  # shares of the planned epochs after which the epochs are fitted again
+MIN_MEASURED = 2  # epochs measured for a re-fit; the run's first epoch, which recompiles, is not one of them
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Pace:
     epoch_seconds: list[float] = field(default_factory=list)  # validations left out
     validation_seconds: list[float] = field(default_factory=list)
     refits: int = 0
+    refitted_at: int = 0  # how many epochs were measured at the last re-fit
 
     def measure(self, epoch: int, seconds: float, validation_seconds: float | None) -> None:
         if validation_seconds is not None:
@@ -43,17 +45,18 @@ class Pace:
     def due(self, epoch: int, epochs: int) -> bool:
         return (
             self.refits < len(REFIT_AFTER)
-            and len(self.epoch_seconds) >= MIN_MEASURED
+            and len(self.epoch_seconds) - self.refitted_at >= MIN_MEASURED
             and REFIT_AFTER[self.refits] * epochs <= epoch < epochs
         )
 
     def fitted_epochs(self, epoch: int, val_every: int, probed_validation_seconds: float) -> tuple[int, str]:
-        """The epochs that end within the budget at the pace kept so far, one last validation included."""
-        epoch_s = statistics.median(self.epoch_seconds)
+        """The epochs that end within the budget at the pace kept since the last re-fit, one last validation
+        included."""
+        epoch_s = statistics.median(self.epoch_seconds[self.refitted_at :])
         validation_s = statistics.fmean(self.validation_seconds or [probed_validation_seconds])
         seconds_left = self.deadline - time.monotonic()
         more = int(MARGIN * (seconds_left - validation_s) / (epoch_s + validation_s / val_every))
-        self.refits += 1
+        self.refits, self.refitted_at = self.refits + 1, len(self.epoch_seconds)
         why = (
             f"re-fitted after epoch {epoch} with {seconds_left / 60:.1f} minutes left: "
             f"{epoch_s:.2f} s an epoch, a validation of {validation_s:.1f} s"

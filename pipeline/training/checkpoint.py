@@ -1,4 +1,4 @@
-"""Training state saved every epoch, so that a killed run resumes where it stopped.
+"""Training state saved after the epochs the trainer chooses, so that a killed run resumes from there.
 
 Everything is stored as tensors and plain types so that it loads with ``weights_only=True``.
 """
@@ -62,3 +62,10 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
             f"{path}: was written by a run with other parameters, data or number of processes; delete it to start training afresh"
         )
     return state
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The last epoch in the checkpoint at ``path``, None without one."""
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)["progress"]["epoch"]

@@ -12,6 +12,7 @@ from pipeline.errors import TrainingError
 from pipeline.networks.description import ModelDescription
 from pipeline.training.batches import epoch_batches
 from pipeline.training.build import Trainer
+from pipeline.training.checkpoint import saved_epoch
 from pipeline.training.data import TrainingData
 from pipeline.training.distributed import World
 from pipeline.training.losses import ce_weight_at, set_ce_weight
@@ -20,9 +21,10 @@ from pipeline.training.step import NonFiniteStep, train_one_epoch
 
 
 def _nonfinite(problem: NonFiniteStep, epoch: int, trainer: Trainer, checkpoint: Path) -> TrainingError:
+    saved = saved_epoch(checkpoint)
     kept = (
-        f"the last good state, after epoch {epoch - 1}, is kept in {checkpoint}"
-        if checkpoint.is_file()
+        f"the last good state, after epoch {saved}, is kept in {checkpoint}"
+        if saved
         else "no checkpoint was written yet"
     )
     return TrainingError(

@@ -26,18 +26,27 @@ def test_the_first_epoch_is_not_measured_and_validations_are_kept_apart():
     assert pace.epoch_seconds == [2.0, 2.0] and pace.validation_seconds == [5.0]
 
 
-def test_refits_come_after_a_tenth_half_and_four_fifths_of_the_epochs_and_never_at_the_end():
+def test_refits_come_closer_together_towards_the_end_and_never_at_the_end():
     pace = _pace(100, 1.0, measured_epochs=MIN_MEASURED)  # epochs 2..MIN_MEASURED measured: one short
     assert not pace.due(10, 100)
     pace.measure(MIN_MEASURED + 1, 1.0, None)
-    assert not pace.due(9, 100) and pace.due(10, 100)
-    pace.refits = 1
-    assert not pace.due(49, 100) and pace.due(50, 100)
-    pace.refits = 2
-    assert not pace.due(79, 100) and pace.due(80, 100)
-    pace.refits = 3
-    assert not pace.due(95, 100)
+    for share in (10, 50, 80, 90, 95):
+        assert not pace.due(share - 1, 100) and pace.due(share, 100)
+        pace.fitted_epochs(epoch=share, val_every=2, probed_validation_seconds=2.0)
+        assert not pace.due(share, 100), "a re-fit waits for epochs measured since the last one"
+        for epoch in range(share + 1, share + 1 + MIN_MEASURED):
+            pace.measure(epoch, 1.0, None)
+    assert not pace.due(99, 100)
     assert not _pace(100, 1.0).due(10, 10), "the last epoch is not re-fitted"
+
+
+def test_a_refit_takes_the_pace_kept_since_the_last_one():
+    pace = _pace(100, 1.0, measured_epochs=20)
+    pace.fitted_epochs(epoch=20, val_every=2, probed_validation_seconds=2.0)
+    for epoch in range(21, 25):  # the machine slowed for good
+        pace.measure(epoch, 3.0, None)
+    slowed = pace.fitted_epochs(epoch=24, val_every=2, probed_validation_seconds=2.0)[0]
+    assert slowed == 24 + int(MARGIN * (100 - 2.0) / (3.0 + 2.0 / 2))
 
 
 def test_the_epochs_are_fitted_to_the_time_left_at_the_pace_kept():

@@ -95,6 +95,20 @@ def test_a_run_killed_after_an_epoch_resumes_to_the_same_result(prepared, tiny_p
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(first_run, "train_loss")] == [1, 2]
 
 
+def test_checkpoints_follow_the_first_epoch_then_a_minute_apart_and_the_last(prepared, tiny_params, monkeypatch):
+    """Half-second epochs spent a quarter of their time writing a checkpoint after each."""
+    saved = []
+    real_save = training.save_checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", lambda path, state: (saved.append(state), real_save(path, state)))
+    _train(prepared, _with(tiny_params, epochs=4), "models")
+    assert [state["progress"]["epoch"] for state in saved] == [1, 4]
+    assert list(pd.read_csv(prepared / "models" / "history.csv").epoch) == [1, 2, 3, 4]
+    saved.clear()
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
+    _train(prepared, _with(tiny_params, epochs=4), "every")
+    assert [state["progress"]["epoch"] for state in saved] == [1, 2, 3, 4]
+
+
 def test_a_checkpoint_from_other_params_is_refused_not_silently_restarted(prepared, tiny_params, monkeypatch):
     monkeypatch.setattr(training, "save_checkpoint", lambda path, state: (torch.save(state, path), exit(1)))
     with pytest.raises(SystemExit):
@@ -236,7 +250,7 @@ def test_a_nan_loss_on_real_data_stops_the_run_keeps_the_last_good_checkpoint_an
 ):
     """An absurd learning rate from the second epoch on (a step schedule multiplying it by 1e12) on the real
     fixture cases: the run stops at the step where the loss or a gradient goes non-finite, naming the epoch
-    and the cases, keeps the first epoch's checkpoint, writes no model and ends FAILED in MLflow."""
+    and the cases, keeps the last checkpoint before it, writes no model and ends FAILED in MLflow."""
     absurd = _with(tiny_params, epochs=4, schedule="step", step_epochs=1, step_gamma=1e12)
     with pytest.raises(TrainingError) as stopped:
         _train(prepared, absurd, "models")
@@ -248,7 +262,8 @@ def test_a_nan_loss_on_real_data_stops_the_run_keeps_the_last_good_checkpoint_an
     models = prepared / "models"
     assert not (models / "model.pt").exists()
     checkpoint = torch.load(models / "checkpoint.pt", weights_only=True)
-    assert checkpoint["progress"]["epoch"] == epoch - 1
+    assert 1 <= checkpoint["progress"]["epoch"] < epoch
+    assert f"the last good state, after epoch {checkpoint['progress']['epoch']}, is kept" in message
     assert all(torch.isfinite(w).all() for w in checkpoint["network"].values() if w.is_floating_point())
     run = mlflow.get_run(json.loads((models / "mlflow_run.json").read_text())["run_id"])
     assert run.info.status == "FAILED" and "training stopped at epoch" in run.data.tags["error"]
